@@ -1,0 +1,47 @@
+/**
+ * Page-size selection, exactly as Linux's iommu_pgsize() (drivers/iommu/iommu.c): the largest
+ * supported size that fits and that iova and paddr are both aligned to, and a count that stops at the
+ * next larger size's boundary when the step after it could use that larger size.
+ */
+export class PgsizeChooser {
+  /** Supported sizes, largest first. */
+  private readonly sizes: number[];
+  /** The result of the last choose(): how many pages of the chosen size to map. */
+  count = 0;
+
+  constructor(bitmap: number) {
+    this.sizes = [];
+    for (let bit = 31; bit >= 0; bit--) if (bitmap & (2 ** bit)) this.sizes.push(2 ** bit);
+  }
+
+  get minPgsize(): number {
+    return this.sizes[this.sizes.length - 1]!;
+  }
+
+  /** Returns pgsize for mapping `size` bytes at iova -> paddr, and sets `count`. */
+  choose(iova: number, paddr: number, size: number): number {
+    const sizes = this.sizes;
+    let i = 0;
+    // 1+2: candidates <= size, and aligned for both iova and paddr; 3: the largest.
+    while (i < sizes.length && (sizes[i]! > size || !aligned(iova, sizes[i]!) || !aligned(paddr, sizes[i]!))) i++;
+    const pgsize = sizes[i]!;
+    let count = Math.floor(size / pgsize);
+    // 4: if the next larger size is supported and iova/paddr agree modulo it, stop at its boundary
+    //    so that the following step can use it — provided a whole one still fits after the boundary.
+    if (i > 0) {
+      const next = sizes[i - 1]!;
+      const iovaMod = iova - Math.floor(iova / next) * next;
+      if (iovaMod === paddr - Math.floor(paddr / next) * next) {
+        const offset = next - iovaMod;
+        if (offset + next <= size) count = offset / pgsize;
+      }
+    }
+    this.count = count;
+    return pgsize;
+  }
+}
+
+/** `value` is a multiple of the power of two `size` (exact for any integer below 2^53). */
+export function aligned(value: number, size: number): boolean {
+  return Math.floor(value / size) * size === value;
+}

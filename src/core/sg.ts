@@ -1,0 +1,104 @@
+/**
+ * Scatter-gather lists. An SgTable keeps its segments in a SharedArrayBuffer as Float64 pairs
+ * [phys0, length0, phys1, length1, ...], so worker threads read them without a copy. A plain array of
+ * { phys, length } is accepted everywhere an SgTable is, and gives identical results.
+ */
+import { IommuError } from '../errors/errors.js';
+import { checkAddress, checkCount, describe } from '../util/args.js';
+
+export interface SgEntry {
+  phys: number;
+  length: number;
+}
+
+export type SgList = ReadonlyArray<SgEntry> | SgTable;
+
+const DEFAULT_CAPACITY = 64;
+
+export class SgTable {
+  private buffer: SharedArrayBuffer;
+  private view: Float64Array;
+  private count = 0;
+
+  constructor(capacity: number = DEFAULT_CAPACITY) {
+    const cap = Math.max(1, checkCount('capacity', capacity, 2 ** 27));
+    this.buffer = new SharedArrayBuffer(cap * 16);
+    this.view = new Float64Array(this.buffer);
+  }
+
+  static from(entries: Iterable<SgEntry>): SgTable {
+    const list = Array.isArray(entries) ? (entries as SgEntry[]) : [...entries];
+    const table = new SgTable(list.length);
+    list.forEach((e, i) => {
+      if (typeof e !== 'object' || e === null) throw new IommuError('EINVAL', `sg[${i}] must be { phys, length }, got ${describe(e)}`);
+      table.push(e.phys, e.length);
+    });
+    return table;
+  }
+
+  /** Appends one segment. phys: a physical address; length: bytes, above 0. */
+  push(phys: number, length: number): this {
+    checkSegment(this.count, phys, length);
+    if (this.count * 2 === this.view.length) this.grow();
+    this.view[this.count * 2] = phys;
+    this.view[this.count * 2 + 1] = length;
+    this.count++;
+    return this;
+  }
+
+  get length(): number {
+    return this.count;
+  }
+
+  get(i: number): SgEntry | undefined {
+    if (!Number.isInteger(i) || i < 0 || i >= this.count) return undefined;
+    return { phys: this.view[i * 2]!, length: this.view[i * 2 + 1]! };
+  }
+
+  *[Symbol.iterator](): IterableIterator<SgEntry> {
+    for (let i = 0; i < this.count; i++) yield { phys: this.view[i * 2]!, length: this.view[i * 2 + 1]! };
+  }
+
+  /** The shared memory and the number of segments in it (for the engine and its workers). */
+  get shared(): { buffer: SharedArrayBuffer; count: number } {
+    return { buffer: this.buffer, count: this.count };
+  }
+
+  /** Segments as [phys, length] pairs; valid until the next push. */
+  get pairs(): Float64Array {
+    return this.view.subarray(0, this.count * 2);
+  }
+
+  private grow(): void {
+    const bigger = new SharedArrayBuffer(this.buffer.byteLength * 2);
+    const view = new Float64Array(bigger);
+    view.set(this.view);
+    this.buffer = bigger;
+    this.view = view;
+  }
+}
+
+function checkSegment(i: number, phys: unknown, length: unknown): void {
+  checkAddress(`sg[${i}].phys`, phys);
+  if (checkAddress(`sg[${i}].length`, length) === 0) {
+    throw new IommuError('EINVAL', `sg[${i}].length must be above 0`);
+  }
+}
+
+/** The segments of either form as [phys, length] pairs, every entry checked. */
+export function sgPairs(sg: unknown): Float64Array {
+  if (sg instanceof SgTable) return sg.pairs;
+  if (!Array.isArray(sg)) {
+    throw new IommuError('EINVAL', `sg must be an array of { phys, length } or an SgTable, got ${describe(sg)}`);
+  }
+  const pairs = new Float64Array(sg.length * 2);
+  for (let i = 0; i < sg.length; i++) {
+    const e: unknown = sg[i];
+    if (typeof e !== 'object' || e === null) throw new IommuError('EINVAL', `sg[${i}] must be { phys, length }, got ${describe(e)}`);
+    const { phys, length } = e as Record<string, unknown>;
+    checkSegment(i, phys, length);
+    pairs[i * 2] = phys as number;
+    pairs[i * 2 + 1] = length as number;
+  }
+  return pairs;
+}

@@ -1,0 +1,98 @@
+/**
+ * The invalidation gather: what one call must invalidate, collected as it goes and issued as one
+ * batch at the end (Linux's struct iommu_iotlb_gather). Removed leaves widen a pending [start, end)
+ * range; where Linux would sync early — a leaf of another size, or a range disjoint from the pending
+ * one — the pending range is closed into a command and a new one starts, so a call still ends in
+ * exactly one sync. Freed table pages wait on the gather's free list until their walk-cache
+ * invalidation has been issued, so no walk can reach a page after it is reused.
+ */
+
+export type InvalidationCommand =
+  /** Invalidate leaf translations in [iova, iova + size); `pgsize` is the leaf size (0 if mixed). */
+  | { kind: 'range'; iova: number; size: number; pgsize: number }
+  /** Invalidate cached walks (non-leaf entries) through [iova, iova + size): a table was freed. */
+  | { kind: 'walk'; iova: number; size: number }
+  /** Invalidate everything cached for the domain. */
+  | { kind: 'all' };
+
+export class Gather {
+  private start = 0;
+  private end = 0;
+  /** Leaf size of the pending range; 0 while there is none. */
+  private pgsize = 0;
+  readonly commands: InvalidationCommand[] = [];
+  /** Table pages to free once the batch is issued, as (offset, bytes) pairs. */
+  readonly freePages: number[] = [];
+
+  /** Adds `size` bytes of contiguous leaves of `pgsize` each, removed from `iova` on. */
+  addPages(iova: number, size: number, pgsize: number): void {
+    if (size === 0) return;
+    if (this.pgsize !== 0 && (this.pgsize !== pgsize || this.isDisjoint(iova, size))) this.close();
+    if (this.pgsize === 0) {
+      this.start = iova;
+      this.end = iova + size;
+    } else {
+      this.start = Math.min(this.start, iova);
+      this.end = Math.max(this.end, iova + size);
+    }
+    this.pgsize = pgsize;
+  }
+
+  /** Linux's iommu_iotlb_gather_is_disjoint: adjacent ranges are not disjoint. */
+  private isDisjoint(iova: number, size: number): boolean {
+    return iova + size < this.start || iova > this.end;
+  }
+
+  /** A whole-range invalidation (iotlb_sync_map, or a rollback): one command of its own. */
+  addRange(iova: number, size: number): void {
+    this.close();
+    this.commands.push({ kind: 'range', iova, size, pgsize: 0 });
+  }
+
+  /** Tables were unlinked from [iova, iova + size): cached walks through it must go. */
+  addWalk(iova: number, size: number): void {
+    this.commands.push({ kind: 'walk', iova, size });
+  }
+
+  /** Table pages, as (offset, bytes) pairs, to free once this gather's batch has been issued. */
+  freeTables(pages: readonly number[]): void {
+    for (const p of pages) this.freePages.push(p);
+  }
+
+  addFlushAll(): void {
+    this.close();
+    this.commands.push({ kind: 'all' });
+  }
+
+  /** Moves everything of `other` into this gather, as if its leaves had been added here, in order. */
+  append(other: Gather): void {
+    for (const c of other.commands) {
+      if (c.kind === 'range' && c.pgsize !== 0) this.addPages(c.iova, c.size, c.pgsize);
+      else if (c.kind === 'walk') this.commands.push(c);
+      else {
+        this.close();
+        this.commands.push(c);
+      }
+    }
+    if (other.pgsize !== 0) this.addPages(other.start, other.end - other.start, other.pgsize);
+    for (const p of other.freePages) this.freePages.push(p);
+    other.reset();
+  }
+
+  /** Closes the pending range into a command. */
+  close(): void {
+    if (this.pgsize === 0) return;
+    this.commands.push({ kind: 'range', iova: this.start, size: this.end - this.start, pgsize: this.pgsize });
+    this.pgsize = 0;
+  }
+
+  get isEmpty(): boolean {
+    return this.pgsize === 0 && this.commands.length === 0 && this.freePages.length === 0;
+  }
+
+  reset(): void {
+    this.pgsize = 0;
+    this.commands.length = 0;
+    this.freePages.length = 0;
+  }
+}

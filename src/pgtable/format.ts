@@ -1,0 +1,285 @@
+/**
+ * The ARM VMSAv8-64 long-descriptor (LPAE) format, as Linux's io-pgtable-arm.c encodes it:
+ * the geometry of a table walk (levels, shifts, indices) and the bits of a descriptor.
+ *
+ * Descriptors are 64-bit little-endian words. JavaScript has no cheap 64-bit integer, so a descriptor
+ * is handled three ways, each where it is cheapest:
+ *   - as two 32-bit halves (lo = bits 31:0, hi = bits 63:32) to build and decode it;
+ *   - as the Float64 with the same bit pattern to store or load it whole: one 8-byte memory access,
+ *     so a concurrent reader sees the old or the new descriptor, never half of each (V8 emits a single
+ *     aligned 8-byte move for Float64Array accesses on every 64-bit target; see docs/design.md);
+ *   - as "template + paddr * scale": for a fixed prot, the Float64 of a leaf descriptor is an exact
+ *     affine function of its output address, because the address bits (47:12) sit inside the double's
+ *     mantissa and the attribute bits that reach the exponent (54:53, XN) do not change with it. A run
+ *     of leaves is then written by adding a constant per entry, with no allocation and no BigInt.
+ *
+ *   63      55 54 53 52        48 47                              12 11 10  9:8  7   6  5   4:2  1:0
+ *  +---------+-----+--+----------+----------------------------------+--+--+----+---+---+--+-----+----+
+ *  |    0    | XN  |C |    0     |         output address           |nG|AF| SH |AP2|AP1|NS|Attr |type|
+ *  +---------+-----+--+----------+----------------------------------+--+--+----+---+---+--+-----+----+
+ *  (stage 1; stage 2 puts S2AP read/write in bits 7:6 and MemAttr in bits 5:2)
+ */
+import { IommuError } from '../errors/errors.js';
+import { Prot } from '../core/prot.js';
+
+export type FormatName = 'arm-lpae-s1' | 'arm-lpae-s2';
+export const FORMATS: readonly FormatName[] = ['arm-lpae-s1', 'arm-lpae-s2'];
+export const GRANULES = [4096, 16384, 65536] as const;
+export type Granule = (typeof GRANULES)[number];
+
+/** Bits 1:0 of a descriptor. */
+export const PTE_TYPE_MASK = 3;
+export const PTE_TYPE_BLOCK = 1;
+export const PTE_TYPE_TABLE = 3;
+export const PTE_TYPE_PAGE = 3;
+export const PTE_VALID = 1;
+
+// Attribute bits shared by both stages (low word).
+const PTE_AF = 1 << 10;
+const PTE_SH_OS = 2 << 8; // outer shareable: non-cacheable memory
+const PTE_SH_IS = 3 << 8; // inner shareable: with IOMMU_CACHE
+const PTE_SH_MASK = 3 << 8;
+// Execute-never, bits 54:53 (in the high word, bits 22:21).
+const PTE_XN_HI = 3 << 21;
+// Output address bits 47:32, in the high word.
+const PTE_ADDR_HI_MASK = 0xffff;
+
+// Stage 1 (low word).
+const S1_NG = 1 << 11;
+const S1_AP_RDONLY = 1 << 7;
+const S1_AP_UNPRIV = 1 << 6;
+const S1_ATTRINDX_SHIFT = 2;
+const S1_ATTRINDX_MASK = 7 << S1_ATTRINDX_SHIFT;
+const MAIR_ATTR_IDX_NC = 0;
+const MAIR_ATTR_IDX_CACHE = 1;
+const MAIR_ATTR_IDX_DEV = 2;
+
+// Stage 2 (low word).
+const S2_HAP_READ = 1 << 6;
+const S2_HAP_WRITE = 2 << 6;
+const S2_MEMATTR_SHIFT = 2;
+const S2_MEMATTR_MASK = 0xf << S2_MEMATTR_SHIFT;
+const S2_MEMATTR_DEV = 0x1;
+const S2_MEMATTR_OIWB = 0xf;
+const S2_MEMATTR_NC = 0x5;
+
+export interface FormatConfig {
+  format: FormatName;
+  granule: Granule;
+  ias: number;
+  oas: number;
+}
+
+/**
+ * The walk geometry of one configuration: how many levels, where the walk starts, and for each level
+ * the shift of its index and the size a leaf there maps. Levels are numbered as ARM numbers them, so
+ * the last level is always 3.
+ */
+export class LpaeGeometry {
+  readonly format: FormatName;
+  readonly stage2: boolean;
+  readonly granule: number;
+  readonly granuleShift: number;
+  readonly ias: number;
+  readonly oas: number;
+  /** log2(entries per table) = log2(granule) - 3. */
+  readonly bitsPerLevel: number;
+  readonly entriesPerTable: number;
+  readonly levels: number;
+  readonly startLevel: number;
+  /** Entries in the root table (fewer than entriesPerTable when ias does not fill the top level). */
+  readonly rootEntries: number;
+  /** Every leaf size this granule supports (4K: 4K|2M|1G; 16K: 16K|32M; 64K: 64K|512M). */
+  readonly supportedPgsizes: number;
+  readonly lastLevel = 3;
+
+  private readonly shifts: number[] = [];
+
+  constructor(cfg: FormatConfig) {
+    this.format = cfg.format;
+    this.stage2 = cfg.format === 'arm-lpae-s2';
+    this.granule = cfg.granule;
+    this.granuleShift = Math.log2(cfg.granule);
+    this.ias = cfg.ias;
+    this.oas = cfg.oas;
+    this.bitsPerLevel = this.granuleShift - 3;
+    this.entriesPerTable = 2 ** this.bitsPerLevel;
+    this.levels = Math.ceil((cfg.ias - this.granuleShift) / this.bitsPerLevel);
+    this.startLevel = 4 - this.levels;
+    for (let l = 0; l <= 3; l++) this.shifts[l] = this.granuleShift + (3 - l) * this.bitsPerLevel;
+    this.rootEntries = 2 ** (cfg.ias - this.shifts[this.startLevel]!);
+    let sizes = 0;
+    for (let l = Math.max(this.startLevel, this.firstBlockLevel()); l <= 3; l++) sizes += 2 ** this.shifts[l]!;
+    this.supportedPgsizes = sizes;
+  }
+
+  /** Without 52-bit addressing, blocks exist at level 1 only for the 4K granule; always at level 2. */
+  private firstBlockLevel(): number {
+    return this.granule === 4096 ? 1 : 2;
+  }
+
+  levelShift(level: number): number {
+    return this.shifts[level]!;
+  }
+
+  /** Bytes mapped by one leaf at this level. */
+  blockSize(level: number): number {
+    return 2 ** this.shifts[level]!;
+  }
+
+  /** The level whose leaves are `pgsize` bytes, or -1. */
+  levelOfPgsize(pgsize: number): number {
+    for (let l = this.startLevel; l <= 3; l++) if (2 ** this.shifts[l]! === pgsize) return l;
+    return -1;
+  }
+
+  canHoldLeaf(level: number): boolean {
+    return level >= this.firstBlockLevel() && level >= this.startLevel;
+  }
+
+  /** Index of iova's entry in a table at `level`. */
+  index(iova: number, level: number): number {
+    const entries = level === this.startLevel ? this.rootEntries : this.entriesPerTable;
+    return Math.floor(iova / 2 ** this.shifts[level]!) % entries;
+  }
+
+  /** Bytes of one table at this level (the root may be smaller than a granule). */
+  tableBytes(level: number): number {
+    return (level === this.startLevel ? this.rootEntries : this.entriesPerTable) * 8;
+  }
+}
+
+/** Checks a requested configuration and returns it with defaults applied; bad values are EINVAL. */
+export function checkFormatConfig(opts: {
+  format?: unknown;
+  granule?: unknown;
+  ias?: unknown;
+  oas?: unknown;
+}): FormatConfig {
+  const format = opts.format ?? 'arm-lpae-s1';
+  if (!FORMATS.includes(format as FormatName)) {
+    throw new IommuError('EINVAL', `format must be one of ${FORMATS.join(', ')}, got ${String(format)}`);
+  }
+  const granule = opts.granule ?? 4096;
+  if (!GRANULES.includes(granule as Granule)) {
+    throw new IommuError('EINVAL', `granule must be 4096, 16384 or 65536, got ${String(granule)}`);
+  }
+  const bits = (name: string, v: unknown): number => {
+    const n = v ?? 48;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 32 || n > 48) {
+      throw new IommuError('EINVAL', `${name} must be an integer from 32 to 48, got ${String(n)}`);
+    }
+    return n;
+  };
+  return { format: format as FormatName, granule: granule as Granule, ias: bits('ias', opts.ias), oas: bits('oas', opts.oas) };
+}
+
+// Scratch for moving between a Float64 and its two 32-bit halves without allocating.
+const scratch = new ArrayBuffer(8);
+const scratchF64 = new Float64Array(scratch);
+const scratchU32 = new Uint32Array(scratch);
+
+/** Machine word order: the tables are little-endian by contract; so must the typed-array views be. */
+export const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+export function bitsToDouble(lo: number, hi: number): number {
+  scratchU32[0] = lo;
+  scratchU32[1] = hi;
+  return scratchF64[0]!;
+}
+
+/** Splits a descriptor read as a Float64; read the halves with `splitLo()` / `splitHi()`. */
+export function splitDouble(d: number): void {
+  scratchF64[0] = d;
+}
+export function splitLo(): number {
+  return scratchU32[0]!;
+}
+export function splitHi(): number {
+  return scratchU32[1]!;
+}
+
+/**
+ * The encoding of leaves for one (geometry, prot, level): the descriptor halves with a zero output
+ * address, and the affine form used by the write loop: Float64(desc(paddr)) = template + paddr * scale.
+ */
+export class LeafEncoding {
+  readonly lo: number;
+  readonly hi: number;
+  readonly template: number;
+  readonly scale: number;
+
+  constructor(geo: LpaeGeometry, prot: number, level: number) {
+    const type = level === geo.lastLevel ? PTE_TYPE_PAGE : PTE_TYPE_BLOCK;
+    const [lo, hi] = geo.stage2 ? s2Attrs(prot) : s1Attrs(prot);
+    this.lo = (lo | type) >>> 0;
+    this.hi = hi >>> 0;
+    this.template = bitsToDouble(this.lo, this.hi);
+    // The Float64 exponent field is bits 62:52, i.e. bits 30:20 of hi. With it zero the value is
+    // subnormal, mantissa * 2^-1074; otherwise (2^52 + mantissa) * 2^(exp - 1075). Either way the
+    // output address adds to the mantissa, so it scales by one power of two.
+    const exp = (this.hi >>> 20) & 0x7ff;
+    this.scale = 2 ** (Math.max(exp, 1) - 1075);
+  }
+
+  /** The Float64 of the leaf descriptor mapping `paddr` (paddr aligned to the leaf size). */
+  at(paddr: number): number {
+    return this.template + paddr * this.scale;
+  }
+}
+
+function s1Attrs(prot: number): [number, number] {
+  let lo = S1_NG | PTE_AF;
+  lo |= prot & Prot.CACHE ? PTE_SH_IS : PTE_SH_OS;
+  if (prot & Prot.READ && !(prot & Prot.WRITE)) lo |= S1_AP_RDONLY;
+  if (!(prot & Prot.PRIV)) lo |= S1_AP_UNPRIV;
+  if (prot & Prot.MMIO) lo |= MAIR_ATTR_IDX_DEV << S1_ATTRINDX_SHIFT;
+  else if (prot & Prot.CACHE) lo |= MAIR_ATTR_IDX_CACHE << S1_ATTRINDX_SHIFT;
+  else lo |= MAIR_ATTR_IDX_NC << S1_ATTRINDX_SHIFT;
+  return [lo, prot & Prot.NOEXEC ? PTE_XN_HI : 0];
+}
+
+function s2Attrs(prot: number): [number, number] {
+  let lo = PTE_AF;
+  lo |= prot & Prot.CACHE ? PTE_SH_IS : PTE_SH_OS;
+  if (prot & Prot.READ) lo |= S2_HAP_READ;
+  if (prot & Prot.WRITE) lo |= S2_HAP_WRITE;
+  if (prot & Prot.MMIO) lo |= S2_MEMATTR_DEV << S2_MEMATTR_SHIFT;
+  else if (prot & Prot.CACHE) lo |= S2_MEMATTR_OIWB << S2_MEMATTR_SHIFT;
+  else lo |= S2_MEMATTR_NC << S2_MEMATTR_SHIFT;
+  return [lo, prot & Prot.NOEXEC ? PTE_XN_HI : 0];
+}
+
+/** What a leaf descriptor grants, as Prot flags (stage 1 has no write-only: WRITE reads back R|W). */
+export function leafProt(geo: LpaeGeometry, lo: number, hi: number): number {
+  let prot = 0;
+  if ((lo & PTE_SH_MASK) === PTE_SH_IS) prot |= Prot.CACHE;
+  if (hi & PTE_XN_HI) prot |= Prot.NOEXEC;
+  if (geo.stage2) {
+    if (lo & S2_HAP_READ) prot |= Prot.READ;
+    if (lo & S2_HAP_WRITE) prot |= Prot.WRITE;
+    if (((lo & S2_MEMATTR_MASK) >>> S2_MEMATTR_SHIFT) === S2_MEMATTR_DEV) prot |= Prot.MMIO;
+  } else {
+    prot |= Prot.READ;
+    if (!(lo & S1_AP_RDONLY)) prot |= Prot.WRITE;
+    if (!(lo & S1_AP_UNPRIV)) prot |= Prot.PRIV;
+    if (((lo & S1_ATTRINDX_MASK) >>> S1_ATTRINDX_SHIFT) === MAIR_ATTR_IDX_DEV) prot |= Prot.MMIO;
+  }
+  return prot;
+}
+
+/** The output address of a leaf at `level` (bits 47:levelShift of the descriptor). */
+export function leafOutputAddress(geo: LpaeGeometry, lo: number, hi: number, level: number): number {
+  const lowMask = geo.blockSize(level) - 1; // leaf sizes are at most 1 GiB, so this fits in 32 bits
+  return (hi & PTE_ADDR_HI_MASK) * 2 ** 32 + ((lo & ~lowMask) >>> 0);
+}
+
+/** A table descriptor: the next table's byte offset (always below 4 GiB, so hi is 0) | 0b11. */
+export function tableDescriptorLo(tableOffset: number): number {
+  return (tableOffset | PTE_TYPE_TABLE) >>> 0;
+}
+
+/** The next-level table's byte offset in a table descriptor's low word. */
+export function tableOffsetOf(lo: number, granule: number): number {
+  return (lo & ~(granule - 1)) >>> 0;
+}

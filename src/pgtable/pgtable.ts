@@ -1,0 +1,315 @@
+/**
+ * The table walk: map, unmap and read leaves of one domain's LPAE tables in table memory.
+ * This is iommud's io-pgtable-arm. It is the only code that walks or writes tables, and it runs
+ * unchanged on the main thread (inline calls) and in the pool's workers (chunks of a big call).
+ *
+ * Concurrency rules it relies on (the domain layer enforces them):
+ *   - two calls that write overlapping IOVA ranges never run at the same time;
+ *   - calls on disjoint ranges may run at once, and may need the same missing table: it is installed
+ *     with compare-and-swap, and the loser frees its page (as arm_lpae_install_table does);
+ *   - a leaf is written and cleared with one 8-byte store, so a reader (iovaToPhys, lookup, a device
+ *     walk) sees the whole old or the whole new descriptor.
+ */
+import {
+  LeafEncoding,
+  LpaeGeometry,
+  PTE_TYPE_MASK,
+  PTE_TYPE_TABLE,
+  PTE_VALID,
+  splitDouble,
+  splitHi,
+  splitLo,
+  tableDescriptorLo,
+  tableOffsetOf,
+} from './format.js';
+import { TableMemory } from './memory.js';
+
+/** Outcome of writing leaves; anything but Ok means the caller must roll back. */
+export const enum MapStatus {
+  Ok = 0,
+  /** Something is already mapped in the range (EEXIST). */
+  Exists = 1,
+  /** Table memory is exhausted (ENOMEM). */
+  NoMem = 2,
+}
+
+/** Receives leaves as they are removed (an invalidation gather). */
+export interface LeafSink {
+  addPages(iova: number, size: number, pgsize: number): void;
+}
+
+/**
+ * What one call (or one chunk of a call) changed besides writing leaves, so that it can be undone
+ * exactly, or committed. Leaves themselves need no log: a call only writes into empty slots, in one
+ * IOVA range from its start, so `written` bytes from the start are exactly what to clear.
+ */
+export class MapLog {
+  /** Bytes of IOVA mapped so far, from the start of this call or chunk. */
+  written = 0;
+  /** Tables this call installed, as (slot, offset) pairs in install order. */
+  readonly installed: number[] = [];
+  /** Empty subtrees that blocks replaced, as (slot, old descriptor as Float64, iova, size) quads. */
+  readonly replaced: number[] = [];
+  /** The pages of those subtrees, as (offset, bytes) pairs: freed only after a walk invalidation. */
+  readonly replacedPages: number[] = [];
+}
+
+export class IoPgtable {
+  readonly geo: LpaeGeometry;
+  readonly mem: TableMemory;
+  readonly root: number;
+  /** Bytes of every table page (the root is given a whole granule too). */
+  private readonly tableBytes: number;
+  /** 2^-levelShift(level), so that an index is a multiply, not a division. */
+  private readonly invBlock: number[] = [];
+  private readonly entryMask: number[] = [];
+
+  /** The last leaf found by walkLeaf: its level, and descriptor halves. */
+  leafLo = 0;
+  leafHi = 0;
+
+  constructor(geo: LpaeGeometry, mem: TableMemory, root: number) {
+    this.geo = geo;
+    this.mem = mem;
+    this.root = root;
+    this.tableBytes = geo.granule;
+    for (let l = 0; l <= 3; l++) {
+      this.invBlock[l] = 2 ** -geo.levelShift(l);
+      this.entryMask[l] = (l === geo.startLevel ? geo.rootEntries : geo.entriesPerTable) - 1;
+    }
+  }
+
+  /** Allocates an empty root table; -1 when table memory is exhausted. */
+  static allocRoot(geo: LpaeGeometry, mem: TableMemory): number {
+    return mem.alloc(geo.granule);
+  }
+
+  /** Descriptor index (in 8-byte units of table memory) of iova's entry in the table at `table`. */
+  private slotOf(table: number, iova: number, level: number): number {
+    return table / 8 + ((Math.floor(iova * this.invBlock[level]!) >>> 0) & this.entryMask[level]!);
+  }
+
+  /**
+   * Writes `count` leaves of level `level` mapping iova -> paddr onwards. Stops at the first slot
+   * that is in use (Exists) or when a table cannot be allocated (NoMem); `log.written` then says how
+   * far it got. A block may take the place of a table that maps nothing (the subtree is unlinked and
+   * logged; its pages are freed when the call commits).
+   */
+  mapLeaves(iova: number, paddr: number, level: number, count: number, enc: LeafEncoding, log: MapLog): MapStatus {
+    const size = this.geo.blockSize(level);
+    const last = level === this.geo.lastLevel;
+    const perTable = this.entryMask[level]! + 1;
+    while (count > 0) {
+      const table = this.walkToTable(iova, level, log);
+      if (table < 0) return -table as MapStatus;
+      const first = this.slotOf(table, iova, level);
+      const end = first + Math.min(count, perTable - (first - table / 8));
+      const f64 = this.mem.f64;
+      const i32 = this.mem.i32;
+      const step = size * enc.scale;
+      let desc = enc.template + paddr * enc.scale;
+      for (let s = first; s < end; s++) {
+        if (i32[2 * s] !== 0) {
+          const here = iova + (s - first) * size;
+          if (last || !this.unlinkEmptySubtree(s, level, here, log)) {
+            log.written += (s - first) * size;
+            return MapStatus.Exists;
+          }
+        }
+        f64[s] = desc;
+        desc += step;
+      }
+      const done = (end - first) * size;
+      log.written += done;
+      iova += done;
+      paddr += done;
+      count -= end - first;
+    }
+    return MapStatus.Ok;
+  }
+
+  /**
+   * Walks from the root to the table at `level` that holds iova's entry, installing missing tables.
+   * Returns its byte offset, or -MapStatus when a block already maps the range or memory ran out.
+   */
+  private walkToTable(iova: number, level: number, log: MapLog): number {
+    let table = this.root;
+    for (let l = this.geo.startLevel; l < level; l++) {
+      const s = this.slotOf(table, iova, l);
+      let lo = this.mem.i32[2 * s]!;
+      if (lo === 0) {
+        const page = this.mem.alloc(this.tableBytes);
+        if (page < 0) return -MapStatus.NoMem;
+        const desc = tableDescriptorLo(page);
+        // Publish the zeroed table; if another call got there first, use theirs and give ours back.
+        const seen = Atomics.compareExchange(this.mem.i32, 2 * s, 0, desc);
+        if (seen === 0) {
+          log.installed.push(s, page);
+          lo = desc;
+        } else {
+          this.mem.free(page, this.tableBytes);
+          lo = seen;
+        }
+      }
+      if ((lo & PTE_TYPE_MASK) !== PTE_TYPE_TABLE) return -MapStatus.Exists; // a block maps it already
+      table = tableOffsetOf(lo, this.geo.granule);
+      this.mem.ensureMapped(table + this.tableBytes);
+    }
+    return table;
+  }
+
+  /** If the table at `slot` (level `level`) maps nothing, unlink it so a block can go there. */
+  private unlinkEmptySubtree(slot: number, level: number, iova: number, log: MapLog): boolean {
+    const lo = this.mem.i32[2 * slot]!;
+    if ((lo & PTE_TYPE_MASK) !== PTE_TYPE_TABLE) return false; // a block: mapped
+    const table = tableOffsetOf(lo, this.geo.granule);
+    if (this.hasLeaves(table, level + 1)) return false;
+    log.replaced.push(slot, this.mem.f64[slot]!, iova, this.geo.blockSize(level));
+    this.collectTables(table, level + 1, log.replacedPages);
+    this.mem.f64[slot] = 0;
+    return true;
+  }
+
+  /** Does the table at `table` (level `level`), or any table below it, hold a leaf? */
+  hasLeaves(table: number, level: number): boolean {
+    this.mem.ensureMapped(table + this.tableBytes);
+    const i32 = this.mem.i32;
+    const first = table / 8;
+    const end = first + this.entryMask[level]! + 1;
+    for (let s = first; s < end; s++) {
+      const lo = i32[2 * s]!;
+      if ((lo & PTE_VALID) === 0) continue;
+      if (level === this.geo.lastLevel || (lo & PTE_TYPE_MASK) !== PTE_TYPE_TABLE) return true;
+      if (this.hasLeaves(tableOffsetOf(lo, this.geo.granule), level + 1)) return true;
+    }
+    return false;
+  }
+
+  /** Appends (offset, bytes) of the table at `table` and of every table below it to `out`. */
+  collectTables(table: number, level: number, out: number[]): void {
+    this.mem.ensureMapped(table + this.tableBytes);
+    if (level < this.geo.lastLevel) {
+      const first = table / 8;
+      const end = first + this.entryMask[level]! + 1;
+      for (let s = first; s < end; s++) {
+        const lo = this.mem.i32[2 * s]!;
+        if ((lo & PTE_TYPE_MASK) === PTE_TYPE_TABLE) {
+          this.collectTables(tableOffsetOf(lo, this.geo.granule), level + 1, out);
+        }
+      }
+    }
+    out.push(table, this.tableBytes);
+  }
+
+  /**
+   * Removes leaves from iova onwards until `size` bytes are unmapped, a hole is reached, or iova falls
+   * inside a larger leaf (which is left whole). A leaf whose first byte is reached goes whole, so the
+   * result may exceed `size`. Removed leaves go to `sink`. Tables are kept (as io-pgtable-arm does).
+   */
+  unmapLeaves(iova: number, size: number, sink: LeafSink | null): number {
+    let unmapped = 0;
+    while (unmapped < size) {
+      const level = this.walkLeafSlot(iova);
+      if (level < 0) break; // hole
+      const leafSize = this.geo.blockSize(level);
+      if (iova - Math.floor(iova / leafSize) * leafSize !== 0) break; // inside a larger leaf
+      const first = this.foundSlot;
+      // Tables are aligned to their size, so the table's first slot is `first` with the index bits clear.
+      const tableEnd = first - (first & (this.geo.entriesPerTable - 1)) + this.entryMask[level]!;
+      const f64 = this.mem.f64;
+      const i32 = this.mem.i32;
+      const last = level === this.geo.lastLevel;
+      let s = first;
+      // Clear consecutive leaves of this table while they are leaves and bytes remain.
+      while (s <= tableEnd && unmapped < size) {
+        const lo = i32[2 * s]!;
+        if ((lo & PTE_VALID) === 0 || (!last && (lo & PTE_TYPE_MASK) === PTE_TYPE_TABLE)) break;
+        f64[s] = 0;
+        unmapped += leafSize;
+        s++;
+      }
+      const cleared = (s - first) * leafSize;
+      sink?.addPages(iova, cleared, leafSize);
+      iova += cleared;
+    }
+    return unmapped;
+  }
+
+  private foundSlot = 0;
+
+  /** Walks to iova's leaf: returns its level and sets foundSlot, or -1 for a hole. */
+  private walkLeafSlot(iova: number): number {
+    let table = this.root;
+    for (let l = this.geo.startLevel; ; l++) {
+      const s = this.slotOf(table, iova, l);
+      const lo = this.mem.i32[2 * s]!;
+      if ((lo & PTE_VALID) === 0) return -1;
+      if (l < this.geo.lastLevel && (lo & PTE_TYPE_MASK) === PTE_TYPE_TABLE) {
+        table = tableOffsetOf(lo, this.geo.granule);
+        this.mem.ensureMapped(table + this.tableBytes);
+        continue;
+      }
+      this.foundSlot = s;
+      return l;
+    }
+  }
+
+  /**
+   * A reader's walk (iova_to_phys, lookup, a device's translation): returns the leaf's level with
+   * leafLo/leafHi set, or -1 if iova is not mapped. Each descriptor is loaded with one 8-byte read, so
+   * a writer on another thread is seen before or after its store, never in between.
+   */
+  walkLeaf(iova: number): number {
+    let table = this.root;
+    for (let l = this.geo.startLevel; ; l++) {
+      const s = this.slotOf(table, iova, l);
+      splitDouble(this.mem.f64[s]!);
+      const lo = splitLo();
+      if ((lo & PTE_VALID) === 0) return -1;
+      if (l < this.geo.lastLevel && (lo & PTE_TYPE_MASK) === PTE_TYPE_TABLE) {
+        table = tableOffsetOf(lo, this.geo.granule);
+        this.mem.ensureMapped(table + this.tableBytes);
+        continue;
+      }
+      this.leafLo = lo;
+      this.leafHi = splitHi();
+      return l;
+    }
+  }
+
+  /**
+   * Undoes a map call or chunk that started at `iova`: clears the leaves it wrote, puts back the
+   * subtrees its blocks replaced, and frees the tables it installed that are empty again.
+   */
+  rollback(iova: number, log: MapLog): void {
+    if (log.written > 0) this.unmapLeaves(iova, log.written, null);
+    const { replaced, installed } = log;
+    for (let i = 0; i < replaced.length; i += 4) this.mem.f64[replaced[i]!] = replaced[i + 1]!;
+    for (let i = installed.length - 2; i >= 0; i -= 2) {
+      const slot = installed[i]!;
+      const page = installed[i + 1]!;
+      if (this.isEmptyTable(page) && Atomics.compareExchange(this.mem.i32, 2 * slot, tableDescriptorLo(page), 0) === tableDescriptorLo(page)) {
+        this.mem.free(page, this.tableBytes);
+      }
+    }
+    log.written = 0;
+    log.installed.length = 0;
+    log.replaced.length = 0;
+    log.replacedPages.length = 0;
+  }
+
+  private isEmptyTable(table: number): boolean {
+    const i32 = this.mem.i32;
+    const first = table / 8;
+    const end = first + this.tableBytes / 8;
+    for (let s = first; s < end; s++) if (i32[2 * s] !== 0) return false;
+    return true;
+  }
+
+  /** Every table page of this domain, root included, as (offset, bytes) pairs. */
+  allTables(): number[] {
+    const out: number[] = [];
+    this.collectTables(this.root, this.geo.startLevel, out);
+    return out;
+  }
+}
