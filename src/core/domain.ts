@@ -7,16 +7,15 @@ import { IommuError } from '../errors/errors.js';
 import { Gather } from '../iotlb/gather.js';
 import type { Iotlb } from '../iotlb/iotlb.js';
 import {
-  LeafEncoding,
   leafOutputAddress,
   leafProt,
   type FormatName,
   type LpaeGeometry,
 } from '../pgtable/format.js';
 import type { TableMemory } from '../pgtable/memory.js';
-import { IoPgtable, MapLog, MapStatus } from '../pgtable/pgtable.js';
+import { IoPgtable, MapLog } from '../pgtable/pgtable.js';
 import { checkAddress, checkBoolean, checkOptions, hex } from '../util/args.js';
-import { PgsizeChooser, aligned } from './pgsize.js';
+import { MapError, MapLoop, sgBytes } from './maploop.js';
 import { checkProt } from './prot.js';
 import { sgPairs, type SgList } from './sg.js';
 
@@ -68,12 +67,10 @@ export class Domain {
   /** @internal the table walker; shared with the IOTLB's device walks. */
   readonly pgtable: IoPgtable;
   private readonly host: DomainHost;
-  private readonly chooser: PgsizeChooser;
+  private readonly loop: MapLoop;
   private readonly minPgsize: number;
   /** Invalidations deferred by calls that asked so, issued by iotlbSync(). */
   private readonly deferred = new Gather();
-  /** LeafEncoding per (prot, level), built on first use. */
-  private readonly encodings: (LeafEncoding | undefined)[] = [];
   private freed = false;
 
   /** @internal Use Iommu.allocDomain(). */
@@ -84,8 +81,8 @@ export class Domain {
     this.pgsizeBitmap = pgsizeBitmap;
     this.invalidateOnMap = invalidateOnMap;
     this.pgtable = new IoPgtable(geometry, host.memory, root);
-    this.chooser = new PgsizeChooser(pgsizeBitmap);
-    this.minPgsize = this.chooser.minPgsize;
+    this.loop = new MapLoop(this.pgtable, pgsizeBitmap);
+    this.minPgsize = this.loop.minPgsize;
   }
 
   /** iommu_map: maps [iova, iova + size) to paddr with prot. */
@@ -95,11 +92,11 @@ export class Domain {
     paddr = checkAddress('paddr', paddr);
     size = checkAddress('size', size);
     prot = checkProt(prot);
-    const invalid = this.checkRun(iova, paddr, size);
-    if (invalid) throw invalid;
-    const log = new MapLog();
-    const status = this.writeRun(iova, paddr, size, prot, log);
-    if (status !== MapStatus.Ok) this.failMap(iova, log, this.statusError(status, iova + log.written));
+    const loop = this.loop;
+    // The §2 checks fail before anything is written: no rollback, no invalidation.
+    if (loop.checkRun(iova, paddr, size) !== MapError.None) throw loop.toError();
+    const log = new MapLog(iova);
+    if (!loop.map(iova, paddr, size, prot, log)) this.failMap(log, loop.toError());
     this.commitMap(iova, size, log, false);
   }
 
@@ -119,28 +116,9 @@ export class Domain {
     const pairs = sgPairs(sg);
     prot = checkProt(prot);
     const defer = this.deferOption(opts);
-    const log = new MapLog();
-    const n = pairs.length / 2;
-    let mapped = 0;
-    let start = n > 0 ? pairs[0]! : 0;
-    let len = n > 0 ? pairs[1]! : 0;
-    for (let i = 1; i <= n; i++) {
-      // Merge the next entry into the run while it continues the run physically.
-      if (i < n && pairs[2 * i] === start + len) {
-        len += pairs[2 * i + 1]!;
-        continue;
-      }
-      const at = iova + mapped;
-      const invalid = this.checkRun(at, start, len);
-      if (invalid) this.failMap(iova, log, invalid);
-      const status = this.writeRun(at, start, len, prot, log);
-      if (status !== MapStatus.Ok) this.failMap(iova, log, this.statusError(status, iova + log.written));
-      mapped += len;
-      if (i < n) {
-        start = pairs[2 * i]!;
-        len = pairs[2 * i + 1]!;
-      }
-    }
+    const log = new MapLog(iova);
+    const mapped = this.loop.mapSg(iova, pairs, 0, pairs.length / 2, prot, log);
+    if (mapped < 0) this.failMap(log, this.loop.toError());
     this.commitMap(iova, mapped, log, defer);
     return mapped;
   }
@@ -151,8 +129,7 @@ export class Domain {
     iova = checkAddress('iova', iova);
     const pairs = sgPairs(sg);
     const defer = this.deferOption(opts);
-    let size = 0;
-    for (let i = 1; i < pairs.length; i += 2) size += pairs[i]!;
+    const size = sgBytes(pairs);
     if (size >= 2 ** 53) throw new IommuError('ERANGE', 'the sg list is longer than 2^53 bytes');
     this.checkUnmapRange(iova, size);
     return this.unmapRange(iova, size, defer);
@@ -184,7 +161,7 @@ export class Domain {
   lookup(iova: number): LookupResult | null {
     this.checkLive();
     iova = checkAddress('iova', iova);
-    if (iova >= 2 ** this.geometry.ias) return null;
+    if (iova >= this.geometry.iasLimit) return null;
     const pt = this.pgtable;
     const level = pt.walkLeaf(iova);
     if (level < 0) return null;
@@ -231,43 +208,6 @@ export class Domain {
 
   // --- the core loop -------------------------------------------------------------------------
 
-  /** SEMANTICS §2's checks of one run, in Linux's order; returns the error instead of throwing. */
-  private checkRun(iova: number, paddr: number, size: number): IommuError | null {
-    const min = this.minPgsize;
-    if (!aligned(iova, min) || !aligned(paddr, min) || !aligned(size, min)) {
-      return new IommuError('EINVAL', `iova ${hex(iova)}, paddr ${hex(paddr)} and size ${hex(size)} must be aligned to the smallest page size ${hex(min)}`);
-    }
-    if (size === 0) return new IommuError('EINVAL', 'size must be above 0');
-    if (iova + size > 2 ** this.geometry.ias) {
-      return new IommuError('ERANGE', `iova range ${hex(iova)}+${hex(size)} exceeds the ${this.geometry.ias}-bit input address space`);
-    }
-    if (paddr + size > 2 ** this.geometry.oas) {
-      return new IommuError('ERANGE', `paddr range ${hex(paddr)}+${hex(size)} exceeds the ${this.geometry.oas}-bit output address space`);
-    }
-    return null;
-  }
-
-  /** Maps one run with the fewest, largest leaves (iommu_pgsize), logging what it changed. */
-  private writeRun(iova: number, paddr: number, size: number, prot: number, log: MapLog): MapStatus {
-    const chooser = this.chooser;
-    const geo = this.geometry;
-    let done = 0;
-    while (done < size) {
-      const pgsize = chooser.choose(iova + done, paddr + done, size - done);
-      const count = chooser.count;
-      const level = geo.levelOfPgsize(pgsize);
-      const status = this.pgtable.mapLeaves(iova + done, paddr + done, level, count, this.encoding(prot, level), log);
-      if (status !== MapStatus.Ok) return status;
-      done += pgsize * count;
-    }
-    return MapStatus.Ok;
-  }
-
-  private encoding(prot: number, level: number): LeafEncoding {
-    const key = prot * 4 + level;
-    return (this.encodings[key] ??= new LeafEncoding(this.geometry, prot, level));
-  }
-
   /**
    * A map that succeeded: the subtrees its blocks replaced get a walk invalidation before their pages
    * are freed; on an invalidateOnMap domain the mapped range is invalidated too (iotlb_sync_map),
@@ -287,28 +227,28 @@ export class Domain {
     else this.host.iotlb.sync(this.id, gather);
   }
 
-  /** Undoes everything the call wrote, invalidates it (one batch of its own), and throws `error`. */
-  private failMap(iova: number, log: MapLog, error: IommuError): never {
-    const written = log.written;
-    this.pgtable.rollback(iova, log);
-    const gather = new Gather();
-    if (written > 0) gather.addRange(iova, written);
-    this.host.iotlb.sync(this.id, gather);
+  /**
+   * Undoes everything the call wrote and throws `error`. If it had written anything, the rollback is
+   * invalidated in one batch of its own (even when the call asked to defer), so that no device keeps
+   * a translation of a call that failed.
+   */
+  private failMap(log: MapLog, error: IommuError): never {
+    const { base, written } = log;
+    this.pgtable.rollback(log);
+    if (written > 0) {
+      const gather = new Gather();
+      gather.addRange(base, written);
+      this.host.iotlb.sync(this.id, gather);
+    }
     throw error;
-  }
-
-  private statusError(status: MapStatus, at: number): IommuError {
-    return status === MapStatus.NoMem
-      ? new IommuError('ENOMEM', `page-table memory exhausted (tableMemoryBytes ${this.host.memory.limitBytes}) mapping ${hex(at)}`)
-      : new IommuError('EEXIST', `iova ${hex(at)} is already mapped`);
   }
 
   private checkUnmapRange(iova: number, size: number): void {
     const min = this.minPgsize;
-    if (!aligned(iova, min) || !aligned(size, min)) {
+    if (((iova | size) & (min - 1)) !== 0) {
       throw new IommuError('EINVAL', `iova ${hex(iova)} and size ${hex(size)} must be aligned to the smallest page size ${hex(min)}`);
     }
-    if (iova + size > 2 ** this.geometry.ias) {
+    if (iova + size > this.geometry.iasLimit) {
       throw new IommuError('ERANGE', `iova range ${hex(iova)}+${hex(size)} exceeds the ${this.geometry.ias}-bit input address space`);
     }
   }

@@ -23,7 +23,9 @@ export class PgsizeChooser {
     const sizes = this.sizes;
     let i = 0;
     // 1+2: candidates <= size, and aligned for both iova and paddr; 3: the largest.
-    while (i < sizes.length && (sizes[i]! > size || !aligned(iova, sizes[i]!) || !aligned(paddr, sizes[i]!))) i++;
+    // Leaf sizes are at most 1 GiB, so the low 32 bits (what `|` sees of a number) decide alignment.
+    const addrs = iova | paddr;
+    while (i < sizes.length && (sizes[i]! > size || (addrs & (sizes[i]! - 1)) !== 0)) i++;
     const pgsize = sizes[i]!;
     let count = Math.floor(size / pgsize);
     // 4: if the next larger size is supported and iova/paddr agree modulo it, stop at its boundary

@@ -4,7 +4,7 @@
  * { phys, length } is accepted everywhere an SgTable is, and gives identical results.
  */
 import { IommuError } from '../errors/errors.js';
-import { checkAddress, checkCount, describe } from '../util/args.js';
+import { ADDRESS_LIMIT, checkAddress, checkCount, describe } from '../util/args.js';
 
 export interface SgEntry {
   phys: number;
@@ -79,6 +79,14 @@ export class SgTable {
 }
 
 function checkSegment(i: number, phys: unknown, length: unknown): void {
+  // The common, valid case first, without building the argument names for a message.
+  if (
+    typeof phys === 'number' && typeof length === 'number' &&
+    Number.isInteger(phys) && Number.isInteger(length) &&
+    phys >= 0 && phys < ADDRESS_LIMIT && length > 0 && length < ADDRESS_LIMIT
+  ) {
+    return;
+  }
   checkAddress(`sg[${i}].phys`, phys);
   if (checkAddress(`sg[${i}].length`, length) === 0) {
     throw new IommuError('EINVAL', `sg[${i}].length must be above 0`);

@@ -20,17 +20,30 @@ export class Gather {
   private end = 0;
   /** Leaf size of the pending range; 0 while there is none. */
   private pgsize = 0;
+  /** The first page added to the pending range (what Linux's disjointness test saw). */
+  private first = 0;
   readonly commands: InvalidationCommand[] = [];
+  /** For each command, the first page added to it (NaN for non-range commands), so append() can replay. */
+  private readonly firsts: number[] = [];
   /** Table pages to free once the batch is issued, as (offset, bytes) pairs. */
   readonly freePages: number[] = [];
 
-  /** Adds `size` bytes of contiguous leaves of `pgsize` each, removed from `iova` on. */
+  /**
+   * Adds `size` bytes of contiguous leaves of `pgsize` each, removed in ascending order from `iova`:
+   * the same as adding each page in turn, because only the first can be disjoint from the pending range.
+   */
   addPages(iova: number, size: number, pgsize: number): void {
+    this.addRun(iova, iova, size, pgsize);
+  }
+
+  /** As addPages, for a run of pages whose first added page was `first` (not always its lowest). */
+  private addRun(first: number, iova: number, size: number, pgsize: number): void {
     if (size === 0) return;
-    if (this.pgsize !== 0 && (this.pgsize !== pgsize || this.isDisjoint(iova, size))) this.close();
+    if (this.pgsize !== 0 && (this.pgsize !== pgsize || this.isDisjoint(first, pgsize))) this.close();
     if (this.pgsize === 0) {
       this.start = iova;
       this.end = iova + size;
+      this.first = first;
     } else {
       this.start = Math.min(this.start, iova);
       this.end = Math.max(this.end, iova + size);
@@ -46,12 +59,12 @@ export class Gather {
   /** A whole-range invalidation (iotlb_sync_map, or a rollback): one command of its own. */
   addRange(iova: number, size: number): void {
     this.close();
-    this.commands.push({ kind: 'range', iova, size, pgsize: 0 });
+    this.push({ kind: 'range', iova, size, pgsize: 0 });
   }
 
   /** Tables were unlinked from [iova, iova + size): cached walks through it must go. */
   addWalk(iova: number, size: number): void {
-    this.commands.push({ kind: 'walk', iova, size });
+    this.push({ kind: 'walk', iova, size });
   }
 
   /** Table pages, as (offset, bytes) pairs, to free once this gather's batch has been issued. */
@@ -61,20 +74,20 @@ export class Gather {
 
   addFlushAll(): void {
     this.close();
-    this.commands.push({ kind: 'all' });
+    this.push({ kind: 'all' });
   }
 
   /** Moves everything of `other` into this gather, as if its leaves had been added here, in order. */
   append(other: Gather): void {
-    for (const c of other.commands) {
-      if (c.kind === 'range' && c.pgsize !== 0) this.addPages(c.iova, c.size, c.pgsize);
-      else if (c.kind === 'walk') this.commands.push(c);
+    other.commands.forEach((c, i) => {
+      if (c.kind === 'range' && c.pgsize !== 0) this.addRun(other.firsts[i]!, c.iova, c.size, c.pgsize);
+      else if (c.kind === 'walk') this.push(c);
       else {
         this.close();
-        this.commands.push(c);
+        this.push(c);
       }
-    }
-    if (other.pgsize !== 0) this.addPages(other.start, other.end - other.start, other.pgsize);
+    });
+    if (other.pgsize !== 0) this.addRun(other.first, other.start, other.end - other.start, other.pgsize);
     for (const p of other.freePages) this.freePages.push(p);
     other.reset();
   }
@@ -83,7 +96,13 @@ export class Gather {
   close(): void {
     if (this.pgsize === 0) return;
     this.commands.push({ kind: 'range', iova: this.start, size: this.end - this.start, pgsize: this.pgsize });
+    this.firsts.push(this.first);
     this.pgsize = 0;
+  }
+
+  private push(c: InvalidationCommand): void {
+    this.commands.push(c);
+    this.firsts.push(NaN);
   }
 
   get isEmpty(): boolean {
@@ -93,6 +112,7 @@ export class Gather {
   reset(): void {
     this.pgsize = 0;
     this.commands.length = 0;
+    this.firsts.length = 0;
     this.freePages.length = 0;
   }
 }

@@ -92,8 +92,13 @@ export class LpaeGeometry {
   /** Every leaf size this granule supports (4K: 4K|2M|1G; 16K: 16K|32M; 64K: 64K|512M). */
   readonly supportedPgsizes: number;
   readonly lastLevel = 3;
+  /** 2^ias and 2^oas: the first IOVA and physical address out of range. */
+  readonly iasLimit: number;
+  readonly oasLimit: number;
 
   private readonly shifts: number[] = [];
+  // Precomputed so hot paths never call Math.pow (which is what `2 ** x` becomes for a variable x).
+  private readonly sizes: number[] = [];
 
   constructor(cfg: FormatConfig) {
     this.format = cfg.format;
@@ -106,7 +111,12 @@ export class LpaeGeometry {
     this.entriesPerTable = 2 ** this.bitsPerLevel;
     this.levels = Math.ceil((cfg.ias - this.granuleShift) / this.bitsPerLevel);
     this.startLevel = 4 - this.levels;
-    for (let l = 0; l <= 3; l++) this.shifts[l] = this.granuleShift + (3 - l) * this.bitsPerLevel;
+    for (let l = 0; l <= 3; l++) {
+      this.shifts[l] = this.granuleShift + (3 - l) * this.bitsPerLevel;
+      this.sizes[l] = 2 ** this.shifts[l]!;
+    }
+    this.iasLimit = 2 ** cfg.ias;
+    this.oasLimit = 2 ** cfg.oas;
     this.rootEntries = 2 ** (cfg.ias - this.shifts[this.startLevel]!);
     let sizes = 0;
     for (let l = Math.max(this.startLevel, this.firstBlockLevel()); l <= 3; l++) sizes += 2 ** this.shifts[l]!;
@@ -124,12 +134,12 @@ export class LpaeGeometry {
 
   /** Bytes mapped by one leaf at this level. */
   blockSize(level: number): number {
-    return 2 ** this.shifts[level]!;
+    return this.sizes[level]!;
   }
 
   /** The level whose leaves are `pgsize` bytes, or -1. */
   levelOfPgsize(pgsize: number): number {
-    for (let l = this.startLevel; l <= 3; l++) if (2 ** this.shifts[l]! === pgsize) return l;
+    for (let l = this.startLevel; l <= 3; l++) if (this.sizes[l] === pgsize) return l;
     return -1;
   }
 
@@ -140,7 +150,7 @@ export class LpaeGeometry {
   /** Index of iova's entry in a table at `level`. */
   index(iova: number, level: number): number {
     const entries = level === this.startLevel ? this.rootEntries : this.entriesPerTable;
-    return Math.floor(iova / 2 ** this.shifts[level]!) % entries;
+    return Math.floor(iova / this.sizes[level]!) % entries;
   }
 
   /** Bytes of one table at this level (the root may be smaller than a granule). */

@@ -44,7 +44,9 @@ export interface LeafSink {
  * IOVA range from its start, so `written` bytes from the start are exactly what to clear.
  */
 export class MapLog {
-  /** Bytes of IOVA mapped so far, from the start of this call or chunk. */
+  /** Where this call (or chunk) starts writing: its leaves are written in order from here. */
+  readonly base: number;
+  /** Bytes of IOVA mapped so far, from `base`. */
   written = 0;
   /** Tables this call installed, as (slot, offset) pairs in install order. */
   readonly installed: number[] = [];
@@ -52,6 +54,10 @@ export class MapLog {
   readonly replaced: number[] = [];
   /** The pages of those subtrees, as (offset, bytes) pairs: freed only after a walk invalidation. */
   readonly replacedPages: number[] = [];
+
+  constructor(base: number) {
+    this.base = base;
+  }
 }
 
 export class IoPgtable {
@@ -63,6 +69,16 @@ export class IoPgtable {
   /** 2^-levelShift(level), so that an index is a multiply, not a division. */
   private readonly invBlock: number[] = [];
   private readonly entryMask: number[] = [];
+
+  /**
+   * A one-entry walk cache for writers: the table last reached for a level, and the IOVA region it
+   * covers. A call writes many runs into one table; this saves the walk from the root for each.
+   * Valid for one call only (resetWalkCache): tables can be freed between calls.
+   */
+  private cacheLevel = -1;
+  private cacheBase = 0;
+  private cacheEnd = 0;
+  private cacheTable = 0;
 
   /** The last leaf found by walkLeaf: its level, and descriptor halves. */
   leafLo = 0;
@@ -129,10 +145,28 @@ export class IoPgtable {
   }
 
   /**
+   * mapLeaves for one leaf: the common case of a scattered list (one smallest page per run), kept
+   * small so that the compiler inlines it into the map loop.
+   */
+  mapLeaf(iova: number, paddr: number, level: number, enc: LeafEncoding, log: MapLog): MapStatus {
+    const table =
+      level === this.cacheLevel && iova >= this.cacheBase && iova < this.cacheEnd
+        ? this.cacheTable
+        : this.walkToTable(iova, level, log);
+    if (table < 0) return -table as MapStatus;
+    const slot = this.slotOf(table, iova, level);
+    if (this.mem.i32[2 * slot] !== 0) return this.mapLeaves(iova, paddr, level, 1, enc, log);
+    this.mem.f64[slot] = enc.template + paddr * enc.scale;
+    log.written += this.geo.blockSize(level);
+    return MapStatus.Ok;
+  }
+
+  /**
    * Walks from the root to the table at `level` that holds iova's entry, installing missing tables.
    * Returns its byte offset, or -MapStatus when a block already maps the range or memory ran out.
    */
   private walkToTable(iova: number, level: number, log: MapLog): number {
+    if (level === this.cacheLevel && iova >= this.cacheBase && iova < this.cacheEnd) return this.cacheTable;
     let table = this.root;
     for (let l = this.geo.startLevel; l < level; l++) {
       const s = this.slotOf(table, iova, l);
@@ -155,7 +189,17 @@ export class IoPgtable {
       table = tableOffsetOf(lo, this.geo.granule);
       this.mem.ensureMapped(table + this.tableBytes);
     }
+    const coverage = level > this.geo.startLevel ? this.geo.blockSize(level - 1) : this.geo.iasLimit;
+    this.cacheLevel = level;
+    this.cacheBase = Math.floor(iova / coverage) * coverage;
+    this.cacheEnd = this.cacheBase + coverage;
+    this.cacheTable = table;
     return table;
+  }
+
+  /** Forgets the writers' walk cache; every call that writes starts with this. */
+  resetWalkCache(): void {
+    this.cacheLevel = -1;
   }
 
   /** If the table at `slot` (level `level`) maps nothing, unlink it so a block can go there. */
@@ -164,6 +208,7 @@ export class IoPgtable {
     if ((lo & PTE_TYPE_MASK) !== PTE_TYPE_TABLE) return false; // a block: mapped
     const table = tableOffsetOf(lo, this.geo.granule);
     if (this.hasLeaves(table, level + 1)) return false;
+    this.resetWalkCache();
     log.replaced.push(slot, this.mem.f64[slot]!, iova, this.geo.blockSize(level));
     this.collectTables(table, level + 1, log.replacedPages);
     this.mem.f64[slot] = 0;
@@ -278,11 +323,12 @@ export class IoPgtable {
   }
 
   /**
-   * Undoes a map call or chunk that started at `iova`: clears the leaves it wrote, puts back the
-   * subtrees its blocks replaced, and frees the tables it installed that are empty again.
+   * Undoes a map call or chunk: clears the leaves it wrote, puts back the subtrees its blocks
+   * replaced, and frees the tables it installed that are empty again.
    */
-  rollback(iova: number, log: MapLog): void {
-    if (log.written > 0) this.unmapLeaves(iova, log.written, null);
+  rollback(log: MapLog): void {
+    this.resetWalkCache();
+    if (log.written > 0) this.unmapLeaves(log.base, log.written, null);
     const { replaced, installed } = log;
     for (let i = 0; i < replaced.length; i += 4) this.mem.f64[replaced[i]!] = replaced[i + 1]!;
     for (let i = installed.length - 2; i >= 0; i -= 2) {

@@ -1,0 +1,66 @@
+/**
+ * Scatter-gather lists for the benchmarks, built once, outside every timed region.
+ */
+import { SgTable, type SgEntry } from '../../src/index.js';
+
+export const PAGE = 4096;
+
+/** mulberry32: a small, fast, seeded 32-bit PRNG (deterministic lists across runs and machines). */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** `pages` 4K entries whose physical addresses are consecutive from `physBase`: one run for map_sg. */
+export function contiguousPhys(pages: number, physBase: number): Float64Array {
+  const phys = new Float64Array(pages);
+  for (let i = 0; i < pages; i++) phys[i] = physBase + i * PAGE;
+  return phys;
+}
+
+/**
+ * `pages` distinct 4K physical pages in random order, no two of them adjacent anywhere in the list
+ * (only even frame numbers are drawn), so that every entry is a run of its own for map_sg.
+ * Frames are drawn from 2^frameBits even frames starting at physBase.
+ */
+export function scatteredPhys(pages: number, physBase: number, seed: number, frameBits = 24): Float64Array {
+  const space = 2 ** frameBits;
+  if (pages > space / 4) throw new Error('bench: frame space too small for a sparse random draw');
+  const rand = mulberry32(seed);
+  const used = new Uint8Array(space);
+  const phys = new Float64Array(pages);
+  for (let i = 0; i < pages; ) {
+    const k = Math.floor(rand() * space);
+    if (used[k]) continue;
+    used[k] = 1;
+    phys[i++] = physBase + 2 * k * PAGE;
+  }
+  return phys;
+}
+
+/** The fast form: an SgTable (segments in a SharedArrayBuffer), sized up front. */
+export function toSgTable(phys: Float64Array, length = PAGE): SgTable {
+  const sg = new SgTable(phys.length);
+  for (let i = 0; i < phys.length; i++) sg.push(phys[i]!, length);
+  return sg;
+}
+
+/** The plain form: an array of { phys, length } objects. */
+export function toArray(phys: Float64Array, length = PAGE): SgEntry[] {
+  const out: SgEntry[] = new Array<SgEntry>(phys.length);
+  for (let i = 0; i < phys.length; i++) out[i] = { phys: phys[i]!, length };
+  return out;
+}
+
+/** Number of runs map_sg will form (entries merge while phys continues the current run). */
+export function countRuns(phys: Float64Array, length = PAGE): number {
+  let runs = phys.length > 0 ? 1 : 0;
+  for (let i = 1; i < phys.length; i++) if (phys[i] !== phys[i - 1]! + length) runs++;
+  return runs;
+}

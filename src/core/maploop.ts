@@ -1,0 +1,172 @@
+/**
+ * The map loop of drivers/iommu/iommu.c: merge scatter-gather entries into physically contiguous
+ * runs, check each run (§2's order), choose page sizes with iommu_pgsize, and write the leaves.
+ * It is synchronous, allocation-free per run, and reports errors as data (`error`, `errorIova`), so
+ * the same code serves an inline call on the main thread and a chunk of a big call in a worker.
+ */
+import { IommuError } from '../errors/errors.js';
+import { LeafEncoding } from '../pgtable/format.js';
+import { IoPgtable, MapLog, MapStatus } from '../pgtable/pgtable.js';
+import { hex } from '../util/args.js';
+import { PgsizeChooser } from './pgsize.js';
+
+export const enum MapError {
+  None = 0,
+  /** iova, paddr or size not aligned to the smallest page size (EINVAL). */
+  Misaligned = 1,
+  /** size 0 (EINVAL). */
+  Empty = 2,
+  /** iova + size beyond 2^ias (ERANGE). */
+  IovaRange = 3,
+  /** paddr + size beyond 2^oas (ERANGE). */
+  PaddrRange = 4,
+  /** Already mapped (EEXIST). */
+  Exists = 5,
+  /** Table memory exhausted (ENOMEM). */
+  NoMem = 6,
+}
+
+export class MapLoop {
+  readonly pgtable: IoPgtable;
+  readonly minPgsize: number;
+  /** Set when a call returns failure: what went wrong, and where. */
+  error = MapError.None;
+  errorIova = 0;
+  errorPaddr = 0;
+  errorSize = 0;
+  private readonly chooser: PgsizeChooser;
+  private readonly encodings: (LeafEncoding | undefined)[] = [];
+
+  constructor(pgtable: IoPgtable, pgsizeBitmap: number) {
+    this.pgtable = pgtable;
+    this.chooser = new PgsizeChooser(pgsizeBitmap);
+    this.minPgsize = this.chooser.minPgsize;
+  }
+
+  /** iommu_map of a whole call: one run. */
+  map(iova: number, paddr: number, size: number, prot: number, log: MapLog): boolean {
+    this.pgtable.resetWalkCache();
+    return this.mapRun(iova, paddr, size, prot, log);
+  }
+
+  /** iommu_map of one run: checks, then leaves. Returns false with `error` set on failure. */
+  mapRun(iova: number, paddr: number, size: number, prot: number, log: MapLog): boolean {
+    if (this.checkRun(iova, paddr, size) !== MapError.None) return false;
+    const geo = this.pgtable.geo;
+    const chooser = this.chooser;
+    let done = 0;
+    while (done < size) {
+      const pgsize = chooser.choose(iova + done, paddr + done, size - done);
+      const count = chooser.count;
+      const level = geo.levelOfPgsize(pgsize);
+      const status = this.pgtable.mapLeaves(iova + done, paddr + done, level, count, this.encoding(prot, level), log);
+      if (status !== MapStatus.Ok) return this.writeFailed(status, log, paddr, size);
+      done += pgsize * count;
+    }
+    return true;
+  }
+
+  /**
+   * iommu_map_sg over segments [first, end) of `pairs` ([phys, length] Float64 pairs), mapped back to
+   * back from iova. Returns the bytes mapped, or -1 with `error` set; `log.written` then says how far
+   * leaves were written (everything the caller must roll back).
+   */
+  mapSg(iova: number, pairs: Float64Array, first: number, end: number, prot: number, log: MapLog): number {
+    this.pgtable.resetWalkCache();
+    if (end <= first) return 0;
+    // A run of exactly one smallest page (a scattered list) needs no page-size choice.
+    const min = this.minPgsize;
+    const minLevel = this.pgtable.geo.levelOfPgsize(min);
+    const minEnc = this.encoding(prot, minLevel);
+    const pt = this.pgtable;
+    let mapped = 0;
+    for (let i = first; i < end; ) {
+      const start = pairs[2 * i]!;
+      const j = runEnd(pairs, i + 1, end, start + pairs[2 * i + 1]!);
+      const len = pairs[2 * j - 2]! + pairs[2 * j - 1]! - start;
+      i = j;
+      const at = iova + mapped;
+      if (len === min && ((at | start) & (min - 1)) === 0 && at + min <= pt.geo.iasLimit && start + min <= pt.geo.oasLimit) {
+        const status = pt.mapLeaf(at, start, minLevel, minEnc, log);
+        if (status !== MapStatus.Ok) {
+          this.writeFailed(status, log, start, len);
+          return -1;
+        }
+      } else if (!this.mapRun(at, start, len, prot, log)) return -1;
+      mapped += len;
+    }
+    return mapped;
+  }
+
+  /** The error of the last failed call, as the IommuError to throw. */
+  toError(): IommuError {
+    const { errorIova: iova, errorPaddr: paddr, errorSize: size } = this;
+    const geo = this.pgtable.geo;
+    switch (this.error) {
+      case MapError.Misaligned:
+        return new IommuError('EINVAL', `iova ${hex(iova)}, paddr ${hex(paddr)} and size ${hex(size)} must be aligned to the smallest page size ${hex(this.minPgsize)}`);
+      case MapError.Empty:
+        return new IommuError('EINVAL', 'size must be above 0');
+      case MapError.IovaRange:
+        return new IommuError('ERANGE', `iova range ${hex(iova)}+${hex(size)} exceeds the ${geo.ias}-bit input address space`);
+      case MapError.PaddrRange:
+        return new IommuError('ERANGE', `paddr range ${hex(paddr)}+${hex(size)} exceeds the ${geo.oas}-bit output address space`);
+      case MapError.Exists:
+        return new IommuError('EEXIST', `iova ${hex(iova)} is already mapped`);
+      case MapError.NoMem:
+        return new IommuError('ENOMEM', `page-table memory exhausted (limit ${this.pgtable.mem.limitBytes} bytes) mapping iova ${hex(iova)}`);
+      default:
+        return new IommuError('EINVAL', 'no error');
+    }
+  }
+
+  /** SEMANTICS §2's checks of one run, in Linux's order; a failure is recorded as the loop's error. */
+  checkRun(iova: number, paddr: number, size: number): MapError {
+    const min = this.minPgsize;
+    let error = MapError.None;
+    // min <= 1 GiB, so the low 32 bits (what `|` sees of a number) decide alignment exactly.
+    if (((iova | paddr | size) & (min - 1)) !== 0) error = MapError.Misaligned;
+    else if (size === 0) error = MapError.Empty;
+    else if (iova + size > this.pgtable.geo.iasLimit) error = MapError.IovaRange;
+    else if (paddr + size > this.pgtable.geo.oasLimit) error = MapError.PaddrRange;
+    if (error !== MapError.None) this.fail(error, iova, paddr, size);
+    return error;
+  }
+
+  /** Leaves are written in order from log.base, so the failing leaf is log.written bytes on. */
+  private writeFailed(status: MapStatus, log: MapLog, paddr: number, size: number): false {
+    return this.fail(status === MapStatus.NoMem ? MapError.NoMem : MapError.Exists, log.base + log.written, paddr, size);
+  }
+
+  private fail(error: MapError, iova: number, paddr: number, size: number): false {
+    this.error = error;
+    this.errorIova = iova;
+    this.errorPaddr = paddr;
+    this.errorSize = size;
+    return false;
+  }
+
+  private encoding(prot: number, level: number): LeafEncoding {
+    const key = prot * 4 + level;
+    return (this.encodings[key] ??= new LeafEncoding(this.pgtable.geo, prot, level));
+  }
+}
+
+/**
+ * The index after the run that continues physically to `end` from entry i on: entries merge while
+ * each starts where the run so far ends. Kept as a small function so it compiles to a tight loop.
+ */
+function runEnd(pairs: Float64Array, i: number, n: number, end: number): number {
+  while (i < n && pairs[2 * i] === end) {
+    end += pairs[2 * i + 1]!;
+    i++;
+  }
+  return i;
+}
+
+/** Total bytes of [phys, length] pairs. */
+export function sgBytes(pairs: Float64Array): number {
+  let size = 0;
+  for (let i = 1; i < pairs.length; i += 2) size += pairs[i]!;
+  return size;
+}
