@@ -22,7 +22,10 @@ import {
   tableDescriptorLo,
   tableOffsetOf,
 } from './format.js';
+import { MapLog } from './maplog.js';
 import { TableMemory } from './memory.js';
+
+export { MapLog };
 
 /** Outcome of writing leaves; anything but Ok means the caller must roll back. */
 export const enum MapStatus {
@@ -33,31 +36,17 @@ export const enum MapStatus {
   NoMem = 2,
 }
 
+/** How walkLeaves treats what it meets; see there. */
+export const enum WalkMode {
+  Scan = 0,
+  Clear = 1,
+  SkipStraddler = 2,
+  SkipHoles = 4,
+}
+
 /** Receives leaves as they are removed (an invalidation gather). */
 export interface LeafSink {
   addPages(iova: number, size: number, pgsize: number): void;
-}
-
-/**
- * What one call (or one chunk of a call) changed besides writing leaves, so that it can be undone
- * exactly, or committed. Leaves themselves need no log: a call only writes into empty slots, in one
- * IOVA range from its start, so `written` bytes from the start are exactly what to clear.
- */
-export class MapLog {
-  /** Where this call (or chunk) starts writing: its leaves are written in order from here. */
-  readonly base: number;
-  /** Bytes of IOVA mapped so far, from `base`. */
-  written = 0;
-  /** Tables this call installed, as (slot, offset) pairs in install order. */
-  readonly installed: number[] = [];
-  /** Empty subtrees that blocks replaced, as (slot, old descriptor as Float64, iova, size) quads. */
-  readonly replaced: number[] = [];
-  /** The pages of those subtrees, as (offset, bytes) pairs: freed only after a walk invalidation. */
-  readonly replacedPages: number[] = [];
-
-  constructor(base: number) {
-    this.base = base;
-  }
 }
 
 export class IoPgtable {
@@ -120,28 +109,38 @@ export class IoPgtable {
       if (table < 0) return -table as MapStatus;
       const first = this.slotOf(table, iova, level);
       const end = first + Math.min(count, perTable - (first - table / 8));
-      const f64 = this.mem.f64;
-      const i32 = this.mem.i32;
-      const step = size * enc.scale;
-      let desc = enc.template + paddr * enc.scale;
-      for (let s = first; s < end; s++) {
-        if (i32[2 * s] !== 0) {
-          const here = iova + (s - first) * size;
-          if (last || !this.unlinkEmptySubtree(s, level, here, log)) {
-            log.written += (s - first) * size;
-            return MapStatus.Exists;
-          }
-        }
-        f64[s] = desc;
-        desc += step;
+      // Check before writing: every slot must be empty (a table that maps nothing is unlinked so a
+      // block can go there). So the slots about to be written are known to be ours alone.
+      let stop = this.firstUsedSlot(first, end);
+      while (stop < end && !last && this.unlinkEmptySubtree(stop, level, iova + (stop - first) * size, log)) {
+        stop = this.firstUsedSlot(stop + 1, end);
       }
+      if (stop > first) {
+        log.intent(first, stop);
+        const f64 = this.mem.f64;
+        const step = size * enc.scale;
+        let desc = enc.template + paddr * enc.scale;
+        for (let s = first; s < stop; s++) {
+          f64[s] = desc;
+          desc += step;
+        }
+        log.wrote((stop - first) * size);
+      }
+      if (stop < end) return MapStatus.Exists;
       const done = (end - first) * size;
-      log.written += done;
       iova += done;
       paddr += done;
       count -= end - first;
     }
     return MapStatus.Ok;
+  }
+
+  /** The first slot in [first, end) that is not empty, or end. */
+  private firstUsedSlot(first: number, end: number): number {
+    const i32 = this.mem.i32;
+    let s = first;
+    while (s < end && i32[2 * s] === 0) s++;
+    return s;
   }
 
   /**
@@ -156,8 +155,9 @@ export class IoPgtable {
     if (table < 0) return -table as MapStatus;
     const slot = this.slotOf(table, iova, level);
     if (this.mem.i32[2 * slot] !== 0) return this.mapLeaves(iova, paddr, level, 1, enc, log);
+    log.intent(slot, slot + 1);
     this.mem.f64[slot] = enc.template + paddr * enc.scale;
-    log.written += this.geo.blockSize(level);
+    log.wrote(this.geo.blockSize(level));
     return MapStatus.Ok;
   }
 
@@ -178,7 +178,7 @@ export class IoPgtable {
         // Publish the zeroed table; if another call got there first, use theirs and give ours back.
         const seen = Atomics.compareExchange(this.mem.i32, 2 * s, 0, desc);
         if (seen === 0) {
-          log.installed.push(s, page);
+          log.addInstalled(s, page);
           lo = desc;
         } else {
           this.mem.free(page, this.tableBytes);
@@ -209,7 +209,7 @@ export class IoPgtable {
     const table = tableOffsetOf(lo, this.geo.granule);
     if (this.hasLeaves(table, level + 1)) return false;
     this.resetWalkCache();
-    log.replaced.push(slot, this.mem.f64[slot]!, iova, this.geo.blockSize(level));
+    log.addReplaced(slot, this.mem.f64[slot]!, iova, this.geo.blockSize(level));
     this.collectTables(table, level + 1, log.replacedPages);
     this.mem.f64[slot] = 0;
     return true;
@@ -252,43 +252,93 @@ export class IoPgtable {
    * result may exceed `size`. Removed leaves go to `sink`. Tables are kept (as io-pgtable-arm does).
    */
   unmapLeaves(iova: number, size: number, sink: LeafSink | null): number {
-    let unmapped = 0;
-    while (unmapped < size) {
+    this.walkLeaves(iova, iova + size, WalkMode.Clear, sink);
+    return this.walkEnd - iova;
+  }
+
+  /** Where the last walkLeaves ended: the end of the last leaf it visited (or where it started). */
+  walkEnd = 0;
+
+  /**
+   * Visits, in order, the leaves that start in [lo, hi), and stops at the first hole (unless
+   * SkipHoles). A leaf that covers lo but starts before it stops the walk at lo — or, with
+   * SkipStraddler, is skipped as belonging to whoever owns the range before lo. With Clear the leaves
+   * are removed. Returns the IOVA where it stopped early, or -1 if it reached hi; sets walkEnd.
+   */
+  walkLeaves(lo: number, hi: number, mode: WalkMode, sink: LeafSink | null): number {
+    let iova = lo;
+    this.walkEnd = lo;
+    while (iova < hi) {
       const level = this.walkLeafSlot(iova);
-      if (level < 0) break; // hole
+      if (level < 0) {
+        if ((mode & WalkMode.SkipHoles) === 0) return iova;
+        const bs = this.geo.blockSize(this.holeLevel);
+        iova = Math.floor(iova / bs) * bs + bs; // past the empty entry
+        continue;
+      }
       const leafSize = this.geo.blockSize(level);
-      if (iova - Math.floor(iova / leafSize) * leafSize !== 0) break; // inside a larger leaf
+      const leafStart = Math.floor(iova / leafSize) * leafSize;
+      if (leafStart !== iova) {
+        if ((mode & WalkMode.SkipStraddler) === 0) return iova;
+        iova = leafStart + leafSize;
+        this.walkEnd = iova;
+        continue;
+      }
       const first = this.foundSlot;
       // Tables are aligned to their size, so the table's first slot is `first` with the index bits clear.
       const tableEnd = first - (first & (this.geo.entriesPerTable - 1)) + this.entryMask[level]!;
-      const f64 = this.mem.f64;
-      const i32 = this.mem.i32;
-      const last = level === this.geo.lastLevel;
-      let s = first;
-      // Clear consecutive leaves of this table while they are leaves and bytes remain.
-      while (s <= tableEnd && unmapped < size) {
-        const lo = i32[2 * s]!;
-        if ((lo & PTE_VALID) === 0 || (!last && (lo & PTE_TYPE_MASK) === PTE_TYPE_TABLE)) break;
-        f64[s] = 0;
-        unmapped += leafSize;
-        s++;
-      }
-      const cleared = (s - first) * leafSize;
-      sink?.addPages(iova, cleared, leafSize);
-      iova += cleared;
+      // Consecutive leaves of this table that start before hi.
+      const limit = Math.min(tableEnd + 1, first + Math.ceil((hi - iova) / leafSize));
+      const stop = (mode & WalkMode.Clear) !== 0 ? this.clearLeafRun(first, limit, level) : this.leafRunEnd(first, limit, level);
+      const end = iova + (stop - first) * leafSize;
+      sink?.addPages(iova, end - iova, leafSize);
+      iova = end;
+      this.walkEnd = end;
     }
-    return unmapped;
+    return -1;
+  }
+
+  /** The first slot in [first, limit) that is not a leaf of `level`, or limit. */
+  private leafRunEnd(first: number, limit: number, level: number): number {
+    const i32 = this.mem.i32;
+    const tableType = level === this.geo.lastLevel ? -1 : PTE_TYPE_TABLE;
+    let s = first;
+    while (s < limit) {
+      const lo = i32[2 * s]!;
+      if ((lo & PTE_VALID) === 0 || (lo & PTE_TYPE_MASK) === tableType) break;
+      s++;
+    }
+    return s;
+  }
+
+  /** As leafRunEnd, clearing each leaf on the way (one 8-byte store each). */
+  private clearLeafRun(first: number, limit: number, level: number): number {
+    const i32 = this.mem.i32;
+    const f64 = this.mem.f64;
+    const tableType = level === this.geo.lastLevel ? -1 : PTE_TYPE_TABLE;
+    let s = first;
+    while (s < limit) {
+      const lo = i32[2 * s]!;
+      if ((lo & PTE_VALID) === 0 || (lo & PTE_TYPE_MASK) === tableType) break;
+      f64[s] = 0;
+      s++;
+    }
+    return s;
   }
 
   private foundSlot = 0;
+  private holeLevel = 0;
 
-  /** Walks to iova's leaf: returns its level and sets foundSlot, or -1 for a hole. */
+  /** Walks to iova's leaf: returns its level and sets foundSlot, or -1 for a hole (at holeLevel). */
   private walkLeafSlot(iova: number): number {
     let table = this.root;
     for (let l = this.geo.startLevel; ; l++) {
       const s = this.slotOf(table, iova, l);
       const lo = this.mem.i32[2 * s]!;
-      if ((lo & PTE_VALID) === 0) return -1;
+      if ((lo & PTE_VALID) === 0) {
+        this.holeLevel = l;
+        return -1;
+      }
       if (l < this.geo.lastLevel && (lo & PTE_TYPE_MASK) === PTE_TYPE_TABLE) {
         table = tableOffsetOf(lo, this.geo.granule);
         this.mem.ensureMapped(table + this.tableBytes);
@@ -323,25 +373,35 @@ export class IoPgtable {
   }
 
   /**
-   * Undoes a map call or chunk: clears the leaves it wrote, puts back the subtrees its blocks
-   * replaced, and frees the tables it installed that are empty again.
+   * Undoes a map call or chunk: clears the leaves it wrote (and a dead writer's partial batch), puts
+   * back the subtrees its blocks replaced, and frees the tables it installed that are empty again.
+   * With `freeTables` false (other calls may be walking those tables right now) the emptied tables
+   * are left in place and returned as (slot, page) pairs, to be reclaimed when the domain is idle.
    */
-  rollback(log: MapLog): void {
+  rollback(log: MapLog, freeTables = true): number[] {
     this.resetWalkCache();
     if (log.written > 0) this.unmapLeaves(log.base, log.written, null);
+    // After the written leaves (they end at the first hole): a dead writer's partial batch.
+    this.mem.ensureMapped(log.intentEnd * 8);
+    for (let s = log.intentFirst; s < log.intentEnd; s++) this.mem.f64[s] = 0;
     const { replaced, installed } = log;
     for (let i = 0; i < replaced.length; i += 4) this.mem.f64[replaced[i]!] = replaced[i + 1]!;
+    const kept: number[] = [];
     for (let i = installed.length - 2; i >= 0; i -= 2) {
       const slot = installed[i]!;
       const page = installed[i + 1]!;
-      if (this.isEmptyTable(page) && Atomics.compareExchange(this.mem.i32, 2 * slot, tableDescriptorLo(page), 0) === tableDescriptorLo(page)) {
-        this.mem.free(page, this.tableBytes);
-      }
+      if (freeTables) this.reclaimTable(slot, page);
+      else kept.push(slot, page);
     }
-    log.written = 0;
-    log.installed.length = 0;
-    log.replaced.length = 0;
-    log.replacedPages.length = 0;
+    return kept;
+  }
+
+  /** Frees the table `page` linked at `slot` if it maps nothing; the caller knows no walk is in it. */
+  reclaimTable(slot: number, page: number): boolean {
+    const desc = tableDescriptorLo(page);
+    if (!this.isEmptyTable(page) || Atomics.compareExchange(this.mem.i32, 2 * slot, desc, 0) !== desc) return false;
+    this.mem.free(page, this.tableBytes);
+    return true;
   }
 
   private isEmptyTable(table: number): boolean {
