@@ -10,14 +10,18 @@ import {
   leafOutputAddress,
   leafProt,
   type FormatName,
+  type Granule,
   type LpaeGeometry,
 } from '../pgtable/format.js';
 import type { TableMemory } from '../pgtable/memory.js';
 import { IoPgtable, MapLog } from '../pgtable/pgtable.js';
 import { checkAddress, checkBoolean, checkOptions, hex } from '../util/args.js';
-import { MapError, MapLoop, sgBytes } from './maploop.js';
+import { MapError, MapLoop } from './maploop.js';
+import { PARALLEL_MIN_PAGES, type DomainTables, type ParallelEngine } from './parallel.js';
+import { RangeLock } from './rangelock.js';
+import type { TableSpec } from '../pool/tasks.js';
 import { checkProt } from './prot.js';
-import { sgPairs, type SgList } from './sg.js';
+import { sgView, type SgList } from './sg.js';
 
 export interface DomainOptions {
   format?: FormatName;
@@ -53,13 +57,14 @@ export interface LookupResult {
 export interface DomainHost {
   readonly memory: TableMemory;
   readonly iotlb: Iotlb;
+  readonly parallel: ParallelEngine | null;
   checkOpen(): void;
   domainFreed(domain: Domain): void;
 }
 
 const SG_OPTIONS = ['deferInvalidate'] as const;
 
-export class Domain {
+export class Domain implements DomainTables {
   readonly id: number;
   readonly pgsizeBitmap: number;
   readonly invalidateOnMap: boolean;
@@ -67,7 +72,13 @@ export class Domain {
   /** @internal the table walker; shared with the IOTLB's device walks. */
   readonly pgtable: IoPgtable;
   private readonly host: DomainHost;
-  private readonly loop: MapLoop;
+  /** @internal */
+  readonly loop: MapLoop;
+  /** Calls in flight that hold a range, and the lock that orders overlapping ones. */
+  private readonly lock = new RangeLock();
+  private inflight = 0;
+  /** Tables that failed calls installed but could not free at once, as (slot, page) pairs. */
+  private readonly orphans: number[] = [];
   private readonly minPgsize: number;
   /** Invalidations deferred by calls that asked so, issued by iotlbSync(). */
   private readonly deferred = new Gather();
@@ -95,9 +106,19 @@ export class Domain {
     const loop = this.loop;
     // The §2 checks fail before anything is written: no rollback, no invalidation.
     if (loop.checkRun(iova, paddr, size) !== MapError.None) throw loop.toError();
-    const log = new MapLog(iova);
-    if (!loop.map(iova, paddr, size, prot, log)) this.failMap(log, loop.toError());
-    this.commitMap(iova, size, log, false);
+    const par = this.host.parallel;
+    if (par && size / this.minPgsize >= PARALLEL_MIN_PAGES) {
+      await this.exclusive(iova, iova + size, async () => {
+        const out = await par.map(this, iova, paddr, size, prot);
+        this.finishMap(iova, out.mapped, out.logs, out.error, out.failedAt, false);
+      });
+      return;
+    }
+    await this.exclusiveSync(iova, () => iova + size, () => {
+      const log = new MapLog(iova);
+      const ok = loop.map(iova, paddr, size, prot, log);
+      this.finishMap(iova, size, [log], ok ? null : loop.toError(), loop.errorIova, false);
+    });
   }
 
   /** iommu_unmap: resolves to the bytes unmapped (stops at a hole; a large leaf goes whole). */
@@ -113,23 +134,37 @@ export class Domain {
   async mapSg(iova: number, sg: SgList, prot: number, opts?: SgOptions): Promise<number> {
     this.checkLive();
     iova = checkAddress('iova', iova);
-    const pairs = sgPairs(sg);
+    const view = sgView(sg);
+    const pairs = view.pairs;
     prot = checkProt(prot);
     const defer = this.deferOption(opts);
-    const log = new MapLog(iova);
-    const mapped = this.loop.mapSg(iova, pairs, 0, pairs.length / 2, prot, log);
-    if (mapped < 0) this.failMap(log, this.loop.toError());
-    this.commitMap(iova, mapped, log, defer);
-    return mapped;
+    const n = pairs.length / 2;
+    const par = this.host.parallel;
+    if (par && n >= PARALLEL_MIN_PAGES) {
+      const tasks = par.planSg(this, iova, view, prot);
+      return this.exclusive(iova, iova + view.index.bytes, async () => {
+        const out = await par.runMapTasks(this, iova, tasks);
+        this.finishMap(iova, out.mapped, out.logs, out.error, out.failedAt, defer);
+        return out.mapped;
+      });
+    }
+    const inline = (): number => {
+      const log = new MapLog(iova);
+      const mapped = this.loop.mapSg(iova, pairs, 0, n, prot, log);
+      this.finishMap(iova, mapped, [log], mapped < 0 ? this.loop.toError() : null, this.loop.errorIova, defer);
+      return mapped;
+    };
+    // The range (a pass over the list) is only needed when another call is in flight on this domain.
+    return this.exclusiveSync(iova, () => iova + view.index.bytes, inline);
   }
 
   /** unmap_sg: unmaps [iova, iova + sum of lengths) as unmap does, with one sync. */
   async unmapSg(iova: number, sg: SgList, opts?: SgOptions): Promise<number> {
     this.checkLive();
     iova = checkAddress('iova', iova);
-    const pairs = sgPairs(sg);
+    const { index } = sgView(sg);
     const defer = this.deferOption(opts);
-    const size = sgBytes(pairs);
+    const size = index.bytes;
     if (size >= 2 ** 53) throw new IommuError('ERANGE', 'the sg list is longer than 2^53 bytes');
     this.checkUnmapRange(iova, size);
     return this.unmapRange(iova, size, defer);
@@ -189,9 +224,16 @@ export class Domain {
     };
   }
 
+  /** @internal What a worker needs to rebuild this domain's walker. */
+  get spec(): TableSpec {
+    const g = this.geometry;
+    return { format: g.format, granule: g.granule as Granule, ias: g.ias, oas: g.oas, root: this.pgtable.root, pgsizeBitmap: this.pgsizeBitmap };
+  }
+
   /** Frees the domain: detaches its devices and returns every table page. */
   async free(): Promise<void> {
     this.checkLive();
+    if (!this.lock.idle || this.inflight > 0) throw new IommuError('EBUSY', `domain ${this.id} has calls in flight`);
     this.freed = true;
     const mem = this.host.memory;
     const pages = this.pgtable.allTables();
@@ -209,15 +251,31 @@ export class Domain {
   // --- the core loop -------------------------------------------------------------------------
 
   /**
-   * A map that succeeded: the subtrees its blocks replaced get a walk invalidation before their pages
-   * are freed; on an invalidateOnMap domain the mapped range is invalidated too (iotlb_sync_map),
-   * now or — when deferred — at the next iotlbSync().
+   * Ends a map call, inline or parallel. On success: the subtrees its blocks replaced get a walk
+   * invalidation before their pages are freed, and on an invalidateOnMap domain the mapped range is
+   * invalidated (iotlb_sync_map), now or — when deferred — at the next iotlbSync(). On failure:
+   * everything is undone; if a single thread would have written anything before failing (at
+   * `failedAt`), the rollback is invalidated in one batch of its own (even when the call asked to
+   * defer), so that no device keeps a translation of a failed call.
    */
-  private commitMap(iova: number, mapped: number, log: MapLog, defer: boolean): void {
+  private finishMap(iova: number, mapped: number, logs: MapLog[], error: IommuError | null, failedAt: number, defer: boolean): void {
+    if (error) {
+      // Tables the call installed may be in use by another call in flight: then they are freed later.
+      const alone = this.inflight <= 1;
+      for (const log of logs) this.orphans.push(...this.pgtable.rollback(log, alone));
+      if (failedAt > iova) {
+        const gather = new Gather();
+        gather.addRange(iova, failedAt - iova);
+        this.host.iotlb.sync(this.id, gather);
+      }
+      throw error;
+    }
     const gather = new Gather();
-    const r = log.replaced;
-    for (let i = 0; i < r.length; i += 4) gather.addWalk(r[i + 2]!, r[i + 3]!);
-    gather.freeTables(log.replacedPages);
+    for (const log of logs) {
+      const r = log.replaced;
+      for (let i = 0; i < r.length; i += 4) gather.addWalk(r[i + 2]!, r[i + 3]!);
+      gather.freeTables(log.replacedPages);
+    }
     if (!this.invalidateOnMap) {
       if (!gather.isEmpty) this.deferred.append(gather);
       return;
@@ -228,19 +286,36 @@ export class Domain {
   }
 
   /**
-   * Undoes everything the call wrote and throws `error`. If it had written anything, the rollback is
-   * invalidated in one batch of its own (even when the call asked to defer), so that no device keeps
-   * a translation of a call that failed.
+   * Runs synchronous `work` as a call on [lo, hi()): at once when nothing is in flight on the domain
+   * (nothing can interleave with it), else in turn with the calls on overlapping ranges.
    */
-  private failMap(log: MapLog, error: IommuError): never {
-    const { base, written } = log;
-    this.pgtable.rollback(log);
-    if (written > 0) {
-      const gather = new Gather();
-      gather.addRange(base, written);
-      this.host.iotlb.sync(this.id, gather);
+  private async exclusiveSync<T>(lo: number, hi: () => number, work: () => T): Promise<T> {
+    if (this.lock.idle) return work();
+    return this.exclusive(lo, hi(), work);
+  }
+
+  /**
+   * Runs `work` as a call on [lo, hi): after every earlier call on an overlapping range, and before
+   * any later one starts on it.
+   */
+  private async exclusive<T>(lo: number, hi: number, work: () => T | Promise<T>): Promise<T> {
+    const release = await this.lock.acquire(lo, hi);
+    this.inflight++;
+    try {
+      this.checkLive();
+      return await work();
+    } finally {
+      this.inflight--;
+      release();
+      if (this.inflight === 0) this.reclaimOrphans();
     }
-    throw error;
+  }
+
+  /** Frees the tables that failed calls installed and could not free while others were in flight. */
+  private reclaimOrphans(): void {
+    const o = this.orphans;
+    for (let i = 0; i < o.length; i += 2) this.pgtable.reclaimTable(o[i]!, o[i + 1]!);
+    o.length = 0;
   }
 
   private checkUnmapRange(iova: number, size: number): void {
@@ -253,12 +328,23 @@ export class Domain {
     }
   }
 
-  private unmapRange(iova: number, size: number, defer: boolean): number {
-    const gather = new Gather();
-    const unmapped = this.pgtable.unmapLeaves(iova, size, gather);
-    if (defer) this.deferred.append(gather);
-    else this.host.iotlb.sync(this.id, gather);
-    return unmapped;
+  private async unmapRange(iova: number, size: number, defer: boolean): Promise<number> {
+    const finish = (unmapped: number, gather: Gather): number => {
+      if (defer) this.deferred.append(gather);
+      else this.host.iotlb.sync(this.id, gather);
+      return unmapped;
+    };
+    const par = this.host.parallel;
+    if (par && size / this.minPgsize >= PARALLEL_MIN_PAGES) {
+      return this.exclusive(iova, iova + size, async () => {
+        const { unmapped, gather } = await par.unmap(this, iova, size);
+        return finish(unmapped, gather);
+      });
+    }
+    return this.exclusiveSync(iova, () => iova + size, () => {
+      const gather = new Gather();
+      return finish(this.pgtable.unmapLeaves(iova, size, gather), gather);
+    });
   }
 
   private deferOption(opts: unknown): boolean {

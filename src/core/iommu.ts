@@ -11,6 +11,8 @@ import { TableMemory } from '../pgtable/memory.js';
 import { IoPgtable } from '../pgtable/pgtable.js';
 import { checkAddress, checkBoolean, checkCount, checkOptions, hex } from '../util/args.js';
 import { Domain, type DomainHost, type DomainOptions } from './domain.js';
+import { ParallelEngine } from './parallel.js';
+import { ChunkPool } from '../pool/pool.js';
 
 export interface IommuOptions {
   /** Worker threads for parallel map_sg/unmap_sg; 0 = no pool. Default: os.availableParallelism(). */
@@ -35,6 +37,9 @@ export class Iommu implements DomainHost {
   /** @internal */
   readonly iotlb: Iotlb;
   readonly workers: number;
+  /** @internal The worker pool's side of big calls; null with workers: 0. */
+  readonly parallel: ParallelEngine | null;
+  private readonly pool: ChunkPool | null;
   private readonly domains = new Map<number, Domain>();
   private nextDomainId = 1;
   private closed = false;
@@ -51,6 +56,8 @@ export class Iommu implements DomainHost {
     this.memory = memory;
     this.iotlb = new Iotlb(memory);
     this.workers = workers;
+    this.pool = workers > 0 ? new ChunkPool(workers, memory) : null;
+    this.parallel = this.pool ? new ParallelEngine(this.pool, memory) : null;
   }
 
   /** A new, empty domain. */
@@ -78,6 +85,7 @@ export class Iommu implements DomainHost {
   }
 
   stats(): IommuStats {
+    this.checkOpen();
     return {
       iotlb: this.iotlb.stats(),
       tables: { pages: this.memory.pagesInUse, bytes: this.memory.bytesInUse },
@@ -88,7 +96,9 @@ export class Iommu implements DomainHost {
 
   /** Ends the worker pool; every later call throws ENODEV. */
   async close(): Promise<void> {
+    if (this.closed) return;
     this.closed = true;
+    await this.pool?.destroy();
   }
 
   /** @internal */

@@ -72,30 +72,87 @@ export class MapLoop {
    * leaves were written (everything the caller must roll back).
    */
   mapSg(iova: number, pairs: Float64Array, first: number, end: number, prot: number, log: MapLog): number {
-    this.pgtable.resetWalkCache();
+    return this.mapChunk(pairs, first, end, iova, Infinity, null, null, prot, log);
+  }
+
+  /**
+   * One chunk of a map_sg that several threads share. The chunk owns the entries [first, end), which
+   * map at IOVA [spanStart, spanEnd), and writes exactly the leaves whose first byte lies there. A run
+   * that crosses into the chunk from the one before (`head`) or out to the next (`tail`) is given
+   * whole, as [iova, paddr, length], so that its page sizes are chosen as one thread would choose
+   * them; only the leaves that start in the span are written. Returns bytes of the span walked, or -1.
+   */
+  mapChunk(
+    pairs: Float64Array,
+    first: number,
+    end: number,
+    spanStart: number,
+    spanEnd: number,
+    head: readonly number[] | null,
+    tail: readonly number[] | null,
+    prot: number,
+    log: MapLog,
+  ): number {
+    const pt = this.pgtable;
+    pt.resetWalkCache();
     if (end <= first) return 0;
     // A run of exactly one smallest page (a scattered list) needs no page-size choice.
     const min = this.minPgsize;
-    const minLevel = this.pgtable.geo.levelOfPgsize(min);
+    const minLevel = pt.geo.levelOfPgsize(min);
     const minEnc = this.encoding(prot, minLevel);
-    const pt = this.pgtable;
-    let mapped = 0;
-    for (let i = first; i < end; ) {
+    let i = first;
+    let at = spanStart;
+    if (head) {
+      if (!this.mapRunClipped(head, spanStart, spanEnd, prot, log)) return -1;
+      const start = pairs[2 * first]!;
+      i = runEnd(pairs, first + 1, end, start + pairs[2 * first + 1]!);
+      at += pairs[2 * i - 2]! + pairs[2 * i - 1]! - start;
+    }
+    while (i < end) {
       const start = pairs[2 * i]!;
       const j = runEnd(pairs, i + 1, end, start + pairs[2 * i + 1]!);
       const len = pairs[2 * j - 2]! + pairs[2 * j - 1]! - start;
       i = j;
-      const at = iova + mapped;
-      if (len === min && ((at | start) & (min - 1)) === 0 && at + min <= pt.geo.iasLimit && start + min <= pt.geo.oasLimit) {
+      if (log.written === 0) log.setBase(at);
+      if (j === end && tail) {
+        if (!this.mapRunClipped(tail, spanStart, spanEnd, prot, log)) return -1;
+      } else if (len === min && ((at | start) & (min - 1)) === 0 && at + min <= pt.geo.iasLimit && start + min <= pt.geo.oasLimit) {
         const status = pt.mapLeaf(at, start, minLevel, minEnc, log);
         if (status !== MapStatus.Ok) {
           this.writeFailed(status, log, start, len);
           return -1;
         }
       } else if (!this.mapRun(at, start, len, prot, log)) return -1;
-      mapped += len;
+      at += len;
     }
-    return mapped;
+    return at - spanStart;
+  }
+
+  /** A whole run [iova, paddr, size], checked as one, of which only leaves starting in [lo, hi) are written. */
+  private mapRunClipped(run: readonly number[], lo: number, hi: number, prot: number, log: MapLog): boolean {
+    const iova = run[0]!;
+    const paddr = run[1]!;
+    const size = run[2]!;
+    if (this.checkRun(iova, paddr, size) !== MapError.None) return false;
+    const geo = this.pgtable.geo;
+    const chooser = this.chooser;
+    let done = 0;
+    while (done < size && iova + done < hi) {
+      const pgsize = chooser.choose(iova + done, paddr + done, size - done);
+      const count = chooser.count;
+      const stepStart = iova + done;
+      const from = stepStart >= lo ? 0 : Math.ceil((lo - stepStart) / pgsize);
+      const to = Math.min(count, Math.ceil((hi - stepStart) / pgsize));
+      if (to > from) {
+        const leafIova = stepStart + from * pgsize;
+        if (log.written === 0) log.setBase(leafIova);
+        const level = geo.levelOfPgsize(pgsize);
+        const status = this.pgtable.mapLeaves(leafIova, paddr + done + from * pgsize, level, to - from, this.encoding(prot, level), log);
+        if (status !== MapStatus.Ok) return this.writeFailed(status, log, paddr, size);
+      }
+      done += pgsize * count;
+    }
+    return true;
   }
 
   /** The error of the last failed call, as the IommuError to throw. */

@@ -5,6 +5,7 @@
  */
 import { IommuError } from '../errors/errors.js';
 import { ADDRESS_LIMIT, checkAddress, checkCount, describe } from '../util/args.js';
+import { SgIndex } from './sgindex.js';
 
 export interface SgEntry {
   phys: number;
@@ -19,11 +20,14 @@ export class SgTable {
   private buffer: SharedArrayBuffer;
   private view: Float64Array;
   private count = 0;
+  /** Kept as entries are pushed, so a big map_sg is cut into chunks without a pass over the list. */
+  private readonly index: SgIndex;
 
   constructor(capacity: number = DEFAULT_CAPACITY) {
     const cap = Math.max(1, checkCount('capacity', capacity, 2 ** 27));
     this.buffer = new SharedArrayBuffer(cap * 16);
     this.view = new Float64Array(this.buffer);
+    this.index = new SgIndex(cap);
   }
 
   static from(entries: Iterable<SgEntry>): SgTable {
@@ -42,6 +46,7 @@ export class SgTable {
     if (this.count * 2 === this.view.length) this.grow();
     this.view[this.count * 2] = phys;
     this.view[this.count * 2 + 1] = length;
+    this.index.add(this.view, this.count);
     this.count++;
     return this;
   }
@@ -62,6 +67,11 @@ export class SgTable {
   /** The shared memory and the number of segments in it (for the engine and its workers). */
   get shared(): { buffer: SharedArrayBuffer; count: number } {
     return { buffer: this.buffer, count: this.count };
+  }
+
+  /** @internal Segments as [phys, length] pairs, with their index; valid until the next push. */
+  get engineView(): SgView {
+    return { pairs: this.view.subarray(0, this.count * 2), index: this.index };
   }
 
   /** Segments as [phys, length] pairs; valid until the next push. */
@@ -93,13 +103,20 @@ function checkSegment(i: number, phys: unknown, length: unknown): void {
   }
 }
 
-/** The segments of either form as [phys, length] pairs, every entry checked. */
-export function sgPairs(sg: unknown): Float64Array {
-  if (sg instanceof SgTable) return sg.pairs;
+/** An sg list as the engine reads it: [phys, length] pairs, and their index. */
+export interface SgView {
+  pairs: Float64Array;
+  index: SgIndex;
+}
+
+/** The segments of either form as [phys, length] pairs with an index, every entry checked. */
+export function sgView(sg: unknown): SgView {
+  if (sg instanceof SgTable) return sg.engineView;
   if (!Array.isArray(sg)) {
     throw new IommuError('EINVAL', `sg must be an array of { phys, length } or an SgTable, got ${describe(sg)}`);
   }
   const pairs = new Float64Array(sg.length * 2);
+  const index = new SgIndex(sg.length);
   for (let i = 0; i < sg.length; i++) {
     const e: unknown = sg[i];
     if (typeof e !== 'object' || e === null) throw new IommuError('EINVAL', `sg[${i}] must be { phys, length }, got ${describe(e)}`);
@@ -107,6 +124,15 @@ export function sgPairs(sg: unknown): Float64Array {
     checkSegment(i, phys, length);
     pairs[i * 2] = phys as number;
     pairs[i * 2 + 1] = length as number;
+    index.add(pairs, i);
   }
-  return pairs;
+  return { pairs, index };
+}
+
+/** The same pairs in a SharedArrayBuffer (for worker threads), copying only if they are not already. */
+export function inSharedMemory(pairs: Float64Array): Float64Array {
+  if (pairs.buffer instanceof SharedArrayBuffer) return pairs;
+  const shared = new Float64Array(new SharedArrayBuffer(pairs.byteLength));
+  shared.set(pairs);
+  return shared;
 }

@@ -15,6 +15,16 @@ export type InvalidationCommand =
   /** Invalidate everything cached for the domain. */
   | { kind: 'all' };
 
+/** A gather as plain data, to cross a thread boundary (structured clone). */
+export interface GatherSnapshot {
+  commands: InvalidationCommand[];
+  firsts: number[];
+  start: number;
+  end: number;
+  pgsize: number;
+  first: number;
+}
+
 export class Gather {
   private start = 0;
   private end = 0;
@@ -103,6 +113,21 @@ export class Gather {
   private push(c: InvalidationCommand): void {
     this.commands.push(c);
     this.firsts.push(NaN);
+  }
+
+  snapshot(): GatherSnapshot {
+    return { commands: this.commands, firsts: this.firsts, start: this.start, end: this.end, pgsize: this.pgsize, first: this.first };
+  }
+
+  static fromSnapshot(s: GatherSnapshot): Gather {
+    const g = new Gather();
+    g.commands.push(...s.commands);
+    g.firsts.push(...s.firsts);
+    g.start = s.start;
+    g.end = s.end;
+    g.pgsize = s.pgsize;
+    g.first = s.first;
+    return g;
   }
 
   get isEmpty(): boolean {

@@ -11,7 +11,8 @@
  *
  *   journal[off + ...]:
  *   0 base | 1 written | 2 intent first slot | 3 intent end slot | 4 n installed | 5 n replaced |
- *   6 capacity installed | 7 capacity replaced | 8 overflowed | installed (slot, page) pairs... |
+ *   6 capacity installed | 7 capacity replaced | 8 overflowed | 9 worker threadId |
+ *   installed (slot, page) pairs... |
  *   replaced (slot, old descriptor, iova, size) quads...
  */
 export const enum J {
@@ -24,7 +25,9 @@ export const enum J {
   CapInstalled = 6,
   CapReplaced = 7,
   Overflowed = 8,
-  Header = 9,
+  /** threadId of the worker running the chunk (to release a lock it may die holding). */
+  ThreadId = 9,
+  Header = 10,
 }
 
 export function journalSize(capInstalled: number, capReplaced: number): number {
@@ -47,6 +50,9 @@ export class MapLog {
   intentEnd = 0;
   private readonly journal: Float64Array | null;
   private readonly off: number;
+  /** Test-only fault injection: called once `written` reaches faultAfter bytes. */
+  faultAfter = Infinity;
+  onFault: (() => void) | null = null;
 
   constructor(base: number, journal: Float64Array | null = null, off = 0) {
     this.base = base;
@@ -81,6 +87,7 @@ export class MapLog {
   /** `bytes` more leaves are written; the intent is done. */
   wrote(bytes: number): void {
     this.written += bytes;
+    if (this.written >= this.faultAfter) this.onFault?.();
     this.intentEnd = 0;
     const j = this.journal;
     if (j) {
