@@ -5,7 +5,9 @@
 export { Iommu } from './core/iommu.js';
 export type { IommuOptions, IommuStats } from './core/iommu.js';
 export { Domain } from './core/domain.js';
-export type { DomainOptions, SgOptions, PageTableInfo, LookupResult } from './core/domain.js';
+export type { DomainOptions, SgOptions, DirtyOptions, PageTableInfo, LookupResult } from './core/domain.js';
+export { FaultError } from './core/devices.js';
+export type { Access, DeviceFault, FaultListener, FaultReason } from './core/devices.js';
 export { Prot } from './core/prot.js';
 export { SgTable } from './core/sg.js';
 export type { SgEntry, SgList } from './core/sg.js';

@@ -19,10 +19,10 @@ const memory = new TableMemory((workerData as { memory: SharedArrayBuffer }).mem
 const loops = new Map<string, MapLoop>();
 
 function loopFor(t: TableSpec): MapLoop {
-  const key = `${t.root}/${t.format}/${t.granule}/${t.ias}/${t.oas}/${t.pgsizeBitmap}`;
+  const key = `${t.root}/${t.format}/${t.granule}/${t.ias}/${t.oas}/${t.pgsizeBitmap}/${t.dirtyTracking}`;
   let loop = loops.get(key);
   if (!loop) {
-    const geo = new LpaeGeometry({ format: t.format, granule: t.granule, ias: t.ias, oas: t.oas });
+    const geo = new LpaeGeometry({ format: t.format, granule: t.granule, ias: t.ias, oas: t.oas, dirtyTracking: t.dirtyTracking });
     loop = new MapLoop(new IoPgtable(geo, memory, t.root), t.pgsizeBitmap);
     if (loops.size > 256) loops.clear();
     loops.set(key, loop);

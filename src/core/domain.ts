@@ -7,6 +7,8 @@ import { IommuError } from '../errors/errors.js';
 import { Gather } from '../iotlb/gather.js';
 import type { Iotlb } from '../iotlb/iotlb.js';
 import {
+  PTE_DBM_HI,
+  S1_AP_RDONLY,
   leafOutputAddress,
   leafProt,
   type FormatName,
@@ -30,6 +32,13 @@ export interface DomainOptions {
   oas?: number;
   pgsizeBitmap?: number;
   invalidateOnMap?: boolean;
+  /** Stage 1 only: track device writes in the descriptors (DBM), read with readAndClearDirty(). */
+  dirtyTracking?: boolean;
+}
+
+export interface DirtyOptions {
+  /** Report without clearing (IOMMU_DIRTY_NO_CLEAR). */
+  noClear?: boolean;
 }
 
 export interface SgOptions {
@@ -62,6 +71,8 @@ export interface DomainHost {
   domainFreed(domain: Domain): void;
 }
 
+const DIRTY_OPTIONS = ['noClear'] as const;
+
 const SG_OPTIONS = ['deferInvalidate'] as const;
 
 export class Domain implements DomainTables {
@@ -69,6 +80,11 @@ export class Domain implements DomainTables {
   readonly pgsizeBitmap: number;
   readonly invalidateOnMap: boolean;
   readonly geometry: LpaeGeometry;
+  /** @internal Small number tagging this domain's IOTLB entries (recycled after free). */
+  readonly tag: number;
+  /** @internal Leaf sizes of the bitmap (smallest first) and their levels, for IOTLB lookups. */
+  readonly leafSizes: readonly number[];
+  readonly leafLevels: readonly number[];
   /** @internal the table walker; shared with the IOTLB's device walks. */
   readonly pgtable: IoPgtable;
   private readonly host: DomainHost;
@@ -85,9 +101,14 @@ export class Domain implements DomainTables {
   private freed = false;
 
   /** @internal Use Iommu.allocDomain(). */
-  constructor(host: DomainHost, id: number, geometry: LpaeGeometry, root: number, pgsizeBitmap: number, invalidateOnMap: boolean) {
+  constructor(host: DomainHost, id: number, tag: number, geometry: LpaeGeometry, root: number, pgsizeBitmap: number, invalidateOnMap: boolean) {
     this.host = host;
     this.id = id;
+    this.tag = tag;
+    const sizes: number[] = [];
+    for (let l = 3; l >= geometry.startLevel; l--) if (pgsizeBitmap & geometry.blockSize(l)) sizes.push(geometry.blockSize(l));
+    this.leafSizes = sizes;
+    this.leafLevels = sizes.map((size) => geometry.levelOfPgsize(size));
     this.geometry = geometry;
     this.pgsizeBitmap = pgsizeBitmap;
     this.invalidateOnMap = invalidateOnMap;
@@ -173,7 +194,7 @@ export class Domain implements DomainTables {
   /** Issues, as one batch, every invalidation deferred so far. */
   iotlbSync(): void {
     this.checkLive();
-    this.host.iotlb.sync(this.id, this.deferred);
+    this.host.iotlb.sync(this.tag, this.deferred);
   }
 
   /** Invalidates everything cached for this domain (one batch, one command). */
@@ -183,7 +204,7 @@ export class Domain implements DomainTables {
     gather.addFlushAll();
     gather.freeTables(this.deferred.freePages);
     this.deferred.reset();
-    this.host.iotlb.sync(this.id, gather);
+    this.host.iotlb.sync(this.tag, gather);
   }
 
   /** The physical address iova translates to, or null where nothing is mapped. */
@@ -209,6 +230,51 @@ export class Domain implements DomainTables {
     };
   }
 
+  /**
+   * Dirty tracking (iommufd's read_and_clear_dirty): one bit per smallest page of [iova, iova + size),
+   * least significant bit first, set where a device wrote through the leaf since the last clear (a
+   * leaf starts dirty when mapped, as in Linux). Clears the bits it reports unless noClear; what it
+   * cleared is then invalidated in one batch, so devices record their next write again.
+   */
+  readAndClearDirty(iova: number, size: number, opts?: DirtyOptions): Uint8Array {
+    this.checkLive();
+    iova = checkAddress('iova', iova);
+    size = checkAddress('size', size);
+    const o = checkOptions('opts', opts, DIRTY_OPTIONS);
+    const noClear = o.noClear === undefined ? false : checkBoolean('opts.noClear', o.noClear);
+    if (!this.geometry.dirtyTracking) throw new IommuError('EINVAL', `domain ${this.id} was not allocated with dirtyTracking`);
+    this.checkUnmapRange(iova, size);
+    const min = this.minPgsize;
+    const bitmap = new Uint8Array(Math.ceil(size / min / 8));
+    const pt = this.pgtable;
+    const i32 = pt.mem.i32;
+    const end = iova + size;
+    let cleared = false;
+    for (let a = iova; a < end; ) {
+      const level = pt.walkLeaf(a);
+      if (level < 0) {
+        const hole = this.geometry.blockSize(pt.lastHoleLevel);
+        a = Math.floor(a / hole) * hole + hole;
+        continue;
+      }
+      const leafSize = this.geometry.blockSize(level);
+      const leafStart = Math.floor(a / leafSize) * leafSize;
+      const leafEnd = Math.min(leafStart + leafSize, end);
+      if (pt.leafHi & PTE_DBM_HI && (pt.leafLo & S1_AP_RDONLY) === 0) {
+        for (let p = (Math.max(leafStart, iova) - iova) / min; p < (leafEnd - iova) / min; p++) bitmap[p >> 3]! |= 1 << (p & 7);
+        // Back to writable-clean, unless a device dirtied or someone unmapped it meanwhile (then it stays).
+        if (!noClear) cleared = Atomics.compareExchange(i32, 2 * pt.leafSlot, pt.leafLo, pt.leafLo | S1_AP_RDONLY) === pt.leafLo || cleared;
+      }
+      a = leafEnd;
+    }
+    if (cleared) {
+      const gather = new Gather();
+      gather.addRange(iova, size);
+      this.host.iotlb.sync(this.tag, gather);
+    }
+    return bitmap;
+  }
+
   /** Where the tables are, for readers that walk them by the ARM rules. */
   pageTable(): PageTableInfo {
     this.checkLive();
@@ -227,7 +293,7 @@ export class Domain implements DomainTables {
   /** @internal What a worker needs to rebuild this domain's walker. */
   get spec(): TableSpec {
     const g = this.geometry;
-    return { format: g.format, granule: g.granule as Granule, ias: g.ias, oas: g.oas, root: this.pgtable.root, pgsizeBitmap: this.pgsizeBitmap };
+    return { format: g.format, granule: g.granule as Granule, ias: g.ias, oas: g.oas, root: this.pgtable.root, pgsizeBitmap: this.pgsizeBitmap, dirtyTracking: g.dirtyTracking };
   }
 
   /** Frees the domain: detaches its devices and returns every table page. */
@@ -266,7 +332,7 @@ export class Domain implements DomainTables {
       if (failedAt > iova) {
         const gather = new Gather();
         gather.addRange(iova, failedAt - iova);
-        this.host.iotlb.sync(this.id, gather);
+        this.host.iotlb.sync(this.tag, gather);
       }
       throw error;
     }
@@ -282,7 +348,7 @@ export class Domain implements DomainTables {
     }
     if (mapped > 0) gather.addRange(iova, mapped);
     if (defer) this.deferred.append(gather);
-    else this.host.iotlb.sync(this.id, gather);
+    else this.host.iotlb.sync(this.tag, gather);
   }
 
   /**
@@ -331,7 +397,7 @@ export class Domain implements DomainTables {
   private async unmapRange(iova: number, size: number, defer: boolean): Promise<number> {
     const finish = (unmapped: number, gather: Gather): number => {
       if (defer) this.deferred.append(gather);
-      else this.host.iotlb.sync(this.id, gather);
+      else this.host.iotlb.sync(this.tag, gather);
       return unmapped;
     };
     const par = this.host.parallel;

@@ -12,6 +12,7 @@ import { IoPgtable } from '../pgtable/pgtable.js';
 import { checkAddress, checkBoolean, checkCount, checkOptions, hex } from '../util/args.js';
 import { Domain, type DomainHost, type DomainOptions } from './domain.js';
 import { ParallelEngine } from './parallel.js';
+import { Devices, type Access, type DeviceFault, type FaultListener, type FaultReason } from './devices.js';
 import { ChunkPool } from '../pool/pool.js';
 
 export interface IommuOptions {
@@ -19,17 +20,24 @@ export interface IommuOptions {
   workers?: number;
   /** Ceiling of page-table memory, in bytes (shared memory, grown on demand). Default 1 GiB. */
   tableMemoryBytes?: number;
+  /** Leaf entries the IOTLB holds (and as many walk entries). Default 4096. */
+  iotlbEntries?: number;
+  /** Cost model: modelled ns per invalidation batch and per command (stats().iotlb.modelledNs). */
+  invalidationCost?: { perSync: number; perCommand: number };
 }
 
 export interface IommuStats {
-  iotlb: IotlbStats;
+  iotlb: IotlbStats & { modelledNs: number };
   tables: { pages: number; bytes: number };
   domains: number;
   devices: number;
+  faults: Record<FaultReason, number> & { total: number };
 }
 
-const IOMMU_OPTIONS = ['workers', 'tableMemoryBytes'] as const;
-const DOMAIN_OPTIONS = ['format', 'granule', 'ias', 'oas', 'pgsizeBitmap', 'invalidateOnMap'] as const;
+const IOMMU_OPTIONS = ['workers', 'tableMemoryBytes', 'iotlbEntries', 'invalidationCost'] as const;
+const DOMAIN_OPTIONS = ['format', 'granule', 'ias', 'oas', 'pgsizeBitmap', 'invalidateOnMap', 'dirtyTracking'] as const;
+/** Domain tags are IOTLB key prefixes: small, and recycled when a domain is freed. */
+const MAX_DOMAINS = 2 ** 15;
 
 export class Iommu implements DomainHost {
   /** @internal */
@@ -41,20 +49,29 @@ export class Iommu implements DomainHost {
   readonly parallel: ParallelEngine | null;
   private readonly pool: ChunkPool | null;
   private readonly domains = new Map<number, Domain>();
+  private readonly devices: Devices;
   private nextDomainId = 1;
+  private readonly freeTags: number[] = [];
+  private nextTag = 0;
   private closed = false;
 
   static async create(options?: IommuOptions): Promise<Iommu> {
     const o = checkOptions('options', options, IOMMU_OPTIONS);
     const workers = o.workers === undefined ? availableParallelism() : checkCount('workers', o.workers, 256);
     const tableMemoryBytes = o.tableMemoryBytes === undefined ? 2 ** 30 : checkAddress('tableMemoryBytes', o.tableMemoryBytes);
+    const iotlbEntries = o.iotlbEntries === undefined ? 4096 : checkCount('iotlbEntries', o.iotlbEntries, 2 ** 24);
+    if (iotlbEntries < 1) throw new IommuError('EINVAL', 'iotlbEntries must be at least 1');
+    const cost = checkCost(o.invalidationCost);
     if (!LITTLE_ENDIAN) throw new IommuError('ENODEV', 'iommud needs a little-endian machine: descriptors are little-endian words');
-    return new Iommu(TableMemory.create(tableMemoryBytes), workers);
+    const iommu = new Iommu(TableMemory.create(tableMemoryBytes), workers, iotlbEntries);
+    if (cost) iommu.iotlb.setCostModel(cost.perSync, cost.perCommand);
+    return iommu;
   }
 
-  private constructor(memory: TableMemory, workers: number) {
+  private constructor(memory: TableMemory, workers: number, iotlbEntries: number) {
     this.memory = memory;
-    this.iotlb = new Iotlb(memory);
+    this.iotlb = new Iotlb(memory, iotlbEntries);
+    this.devices = new Devices(this.iotlb);
     this.workers = workers;
     this.pool = workers > 0 ? new ChunkPool(workers, memory) : null;
     this.parallel = this.pool ? new ParallelEngine(this.pool, memory) : null;
@@ -77,20 +94,60 @@ export class Iommu implements DomainHost {
       bitmap = asked;
     }
     const invalidateOnMap = o.invalidateOnMap === undefined ? false : checkBoolean('invalidateOnMap', o.invalidateOnMap);
+    if (this.freeTags.length === 0 && this.nextTag === MAX_DOMAINS) {
+      throw new IommuError('ENOMEM', `at most ${MAX_DOMAINS} domains can exist at once`);
+    }
     const root = IoPgtable.allocRoot(geometry, this.memory);
     if (root < 0) throw new IommuError('ENOMEM', 'page-table memory exhausted allocating a root table');
-    const domain = new Domain(this, this.nextDomainId++, geometry, root, bitmap, invalidateOnMap);
+    const tag = this.freeTags.pop() ?? this.nextTag++;
+    const domain = new Domain(this, this.nextDomainId++, tag, geometry, root, bitmap, invalidateOnMap);
     this.domains.set(domain.id, domain);
     return domain;
   }
 
+  /** Attaches a device (a stream id) to a domain; a device already attached elsewhere moves. */
+  attachDevice(deviceId: number, domain: Domain): void {
+    this.checkOpen();
+    if (!(domain instanceof Domain) || this.domains.get(domain.id) !== domain) {
+      throw new IommuError(domain instanceof Domain ? 'ENOENT' : 'EINVAL', 'attachDevice needs a live domain of this Iommu');
+    }
+    this.devices.attach(deviceId, domain);
+  }
+
+  detachDevice(deviceId: number): void {
+    this.checkOpen();
+    this.devices.detach(deviceId);
+  }
+
+  /**
+   * A device's DMA to iova: the physical address, or IommuError EFAULT whose `fault` says why
+   * ('no-domain', 'address-size', 'translation', 'permission'). Uses the IOTLB first.
+   */
+  translate(deviceId: number, iova: number, access: Access): number {
+    this.checkOpen();
+    return this.devices.translate(deviceId, iova, access);
+  }
+
+  /** Calls `listener` with every device fault; returns the function that unsubscribes it. */
+  onFault(listener: FaultListener): () => void {
+    if (typeof listener !== 'function') throw new IommuError('EINVAL', 'onFault needs a function');
+    return this.devices.onFault(listener);
+  }
+
+  /** The last 256 device faults, oldest first. */
+  recentFaults(): DeviceFault[] {
+    return this.devices.recentFaults();
+  }
+
   stats(): IommuStats {
     this.checkOpen();
+    const counts = this.devices.faultCounts;
     return {
-      iotlb: this.iotlb.stats(),
+      iotlb: { ...this.iotlb.stats(), modelledNs: this.iotlb.modelledNs },
       tables: { pages: this.memory.pagesInUse, bytes: this.memory.bytesInUse },
       domains: this.domains.size,
-      devices: 0,
+      devices: this.devices.count,
+      faults: { ...counts, total: counts.translation + counts.permission + counts['address-size'] + counts['no-domain'] },
     };
   }
 
@@ -109,5 +166,14 @@ export class Iommu implements DomainHost {
   /** @internal */
   domainFreed(domain: Domain): void {
     this.domains.delete(domain.id);
+    this.devices.detachDomain(domain);
+    this.iotlb.dropDomain(domain.tag);
+    this.freeTags.push(domain.tag);
   }
+}
+
+function checkCost(value: unknown): { perSync: number; perCommand: number } | null {
+  if (value === undefined) return null;
+  const o = checkOptions('invalidationCost', value, ['perSync', 'perCommand'] as const);
+  return { perSync: checkAddress('invalidationCost.perSync', o.perSync ?? 0), perCommand: checkAddress('invalidationCost.perCommand', o.perCommand ?? 0) };
 }

@@ -1,10 +1,20 @@
 /**
- * The IOTLB: where invalidation batches are issued and counted. `sync` is the one place a batch
- * completes: it applies the batch's commands, counts them, and only then returns the batch's freed
- * table pages to table memory, so that no cached walk can reach a page that has been reused.
+ * The IOTLB: the translations devices have cached, and the one place invalidation batches complete.
+ *
+ * Two caches, both bounded and tagged by domain, as in an SMMU:
+ *   - leaf entries: (domain, leaf) -> output address, leaf size, what it permits;
+ *   - walk entries: (domain, region of one last-level table) -> that table's offset, so a miss walks
+ *     only the last level.
+ * An entry stays until an invalidation removes it: after an unmap whose invalidation was deferred, a
+ * device keeps using the old translation, exactly as real hardware would. Invalidation commands:
+ *   range with a leaf size  -> leaf entries overlapping the range (a leaf-only TLBI);
+ *   range without (pgsize 0, iotlb_sync_map or a rollback), walk -> leaf and walk entries in range;
+ *   all -> everything of the domain.
+ * `sync` applies a batch, counts it, and only then frees the batch's table pages: a walk entry can
+ * never point at a page that has been reused.
  */
 import type { TableMemory } from '../pgtable/memory.js';
-import type { Gather } from './gather.js';
+import type { Gather, InvalidationCommand } from './gather.js';
 
 export interface IotlbStats {
   /** Invalidation commands issued, inside batches. */
@@ -15,24 +25,135 @@ export interface IotlbStats {
   hits: number;
   /** Translations that needed a table walk. */
   misses: number;
+  /** Walks that started from a cached last-level table. */
+  walkHits: number;
+  /** Entries evicted to make room. */
+  evictions: number;
+  /** Entries in the leaf cache now. */
+  entries: number;
 }
 
+/** A cached translation. */
+export interface TlbEntry {
+  tag: number;
+  /** First IOVA of the leaf, and its size. */
+  start: number;
+  size: number;
+  /** Output address of the leaf. */
+  phys: number;
+  readable: boolean;
+  writable: boolean;
+  /** Descriptor index of the leaf in table memory (for dirty tracking). */
+  slot: number;
+}
+
+interface WalkEntry {
+  tag: number;
+  start: number;
+  size: number;
+  table: number;
+}
+
+/** 2^38: room for an IOVA divided by the smallest leaf (4K, ias 48 -> 2^36) times 4 levels. */
+const TAG_STRIDE = 2 ** 38;
+
 export class Iotlb {
-  private readonly counters: IotlbStats = { invalidations: 0, syncs: 0, hits: 0, misses: 0 };
+  readonly capacity: number;
+  private readonly leaves = new Map<number, TlbEntry>();
+  private readonly walks = new Map<number, WalkEntry>();
+  private readonly counters = { invalidations: 0, syncs: 0, hits: 0, misses: 0, walkHits: 0, evictions: 0 };
+  /** Cost model: modelled nanoseconds per sync and per command (0 = none), and the total so far. */
+  private costPerSync = 0;
+  private costPerCommand = 0;
+  modelledNs = 0;
 
-  constructor(private readonly mem: TableMemory) {}
+  constructor(
+    private readonly mem: TableMemory,
+    capacity = 4096,
+  ) {
+    this.capacity = capacity;
+  }
 
-  /** Issues everything in `gather` for domain `domainId` as one batch, and empties the gather. */
-  sync(_domainId: number, gather: Gather): void {
+  /** Gives each sync a modelled cost, so benchmarks can show what batching saves. */
+  setCostModel(nsPerSync: number, nsPerCommand: number): void {
+    this.costPerSync = nsPerSync;
+    this.costPerCommand = nsPerCommand;
+  }
+
+  /** Issues everything in `gather` for the domain tagged `tag` as one batch, and empties the gather. */
+  sync(tag: number, gather: Gather): void {
     gather.close();
-    this.counters.invalidations += gather.commands.length;
+    const commands = gather.commands;
+    if (this.leaves.size > 0 || this.walks.size > 0) for (const c of commands) this.apply(tag, c);
+    this.counters.invalidations += commands.length;
     this.counters.syncs += 1;
+    this.modelledNs += this.costPerSync + this.costPerCommand * commands.length;
     const pages = gather.freePages;
     for (let i = 0; i < pages.length; i += 2) this.mem.free(pages[i]!, pages[i + 1]!);
     gather.reset();
   }
 
+  private apply(tag: number, c: InvalidationCommand): void {
+    if (c.kind === 'all') {
+      this.dropDomain(tag);
+      return;
+    }
+    const lo = c.iova;
+    const hi = c.iova + c.size;
+    for (const [key, e] of this.leaves) if (e.tag === tag && e.start < hi && lo < e.start + e.size) this.leaves.delete(key);
+    if (c.kind === 'walk' || c.pgsize === 0) {
+      for (const [key, w] of this.walks) if (w.tag === tag && w.start < hi && lo < w.start + w.size) this.walks.delete(key);
+    }
+  }
+
+  /** Forgets everything cached for a domain (it is being freed, or flushed whole). */
+  dropDomain(tag: number): void {
+    for (const [key, e] of this.leaves) if (e.tag === tag) this.leaves.delete(key);
+    for (const [key, w] of this.walks) if (w.tag === tag) this.walks.delete(key);
+  }
+
+  /** The cached leaf of `tag` covering iova among leaf sizes `sizes`, or undefined (counts a hit). */
+  lookup(tag: number, iova: number, sizes: readonly number[], levels: readonly number[]): TlbEntry | undefined {
+    for (let i = 0; i < sizes.length; i++) {
+      const e = this.leaves.get(tag * TAG_STRIDE + Math.floor(iova / sizes[i]!) * 4 + levels[i]!);
+      if (e !== undefined) {
+        this.counters.hits++;
+        return e;
+      }
+    }
+    return undefined;
+  }
+
+  /** Caches a leaf found by a walk (counts a miss), evicting the oldest entry when full. */
+  insert(e: TlbEntry, level: number): void {
+    this.counters.misses++;
+    if (this.leaves.size >= this.capacity) this.evictOldest(this.leaves);
+    this.leaves.set(e.tag * TAG_STRIDE + Math.floor(e.start / e.size) * 4 + level, e);
+  }
+
+  /** The cached last-level table of `tag` for the region of `size` bytes around iova, or -1. */
+  walkLookup(tag: number, iova: number, size: number): number {
+    const w = this.walks.get(tag * TAG_STRIDE + Math.floor(iova / size));
+    if (w === undefined) return -1;
+    this.counters.walkHits++;
+    return w.table;
+  }
+
+  walkInsert(tag: number, iova: number, size: number, table: number): void {
+    if (this.walks.size >= this.capacity) this.evictOldest(this.walks);
+    const start = Math.floor(iova / size) * size;
+    this.walks.set(tag * TAG_STRIDE + Math.floor(iova / size), { tag, start, size, table });
+  }
+
+  private evictOldest(map: Map<number, unknown>): void {
+    const oldest = map.keys().next();
+    if (!oldest.done) {
+      map.delete(oldest.value);
+      this.counters.evictions++;
+    }
+  }
+
   stats(): IotlbStats {
-    return { ...this.counters };
+    return { ...this.counters, entries: this.leaves.size };
   }
 }

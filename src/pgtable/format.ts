@@ -43,10 +43,12 @@ const PTE_SH_MASK = 3 << 8;
 const PTE_XN_HI = 3 << 21;
 // Output address bits 47:32, in the high word.
 const PTE_ADDR_HI_MASK = 0xffff;
+// Dirty bit modifier, bit 51 (high word bit 19): with it, AP[2] set means writable-clean.
+export const PTE_DBM_HI = 1 << 19;
 
 // Stage 1 (low word).
 const S1_NG = 1 << 11;
-const S1_AP_RDONLY = 1 << 7;
+export const S1_AP_RDONLY = 1 << 7;
 const S1_AP_UNPRIV = 1 << 6;
 const S1_ATTRINDX_SHIFT = 2;
 const S1_ATTRINDX_MASK = 7 << S1_ATTRINDX_SHIFT;
@@ -68,6 +70,8 @@ export interface FormatConfig {
   granule: Granule;
   ias: number;
   oas: number;
+  /** Stage 1 hardware dirty tracking (DBM): writable leaves carry DBM, and a write clears AP[2]. */
+  dirtyTracking?: boolean;
 }
 
 /**
@@ -78,6 +82,7 @@ export interface FormatConfig {
 export class LpaeGeometry {
   readonly format: FormatName;
   readonly stage2: boolean;
+  readonly dirtyTracking: boolean;
   readonly granule: number;
   readonly granuleShift: number;
   readonly ias: number;
@@ -103,6 +108,7 @@ export class LpaeGeometry {
   constructor(cfg: FormatConfig) {
     this.format = cfg.format;
     this.stage2 = cfg.format === 'arm-lpae-s2';
+    this.dirtyTracking = cfg.dirtyTracking === true;
     this.granule = cfg.granule;
     this.granuleShift = Math.log2(cfg.granule);
     this.ias = cfg.ias;
@@ -165,6 +171,7 @@ export function checkFormatConfig(opts: {
   granule?: unknown;
   ias?: unknown;
   oas?: unknown;
+  dirtyTracking?: unknown;
 }): FormatConfig {
   const format = opts.format ?? 'arm-lpae-s1';
   if (!FORMATS.includes(format as FormatName)) {
@@ -181,7 +188,10 @@ export function checkFormatConfig(opts: {
     }
     return n;
   };
-  return { format: format as FormatName, granule: granule as Granule, ias: bits('ias', opts.ias), oas: bits('oas', opts.oas) };
+  const dirtyTracking = opts.dirtyTracking ?? false;
+  if (typeof dirtyTracking !== 'boolean') throw new IommuError('EINVAL', `dirtyTracking must be a boolean, got ${String(dirtyTracking)}`);
+  if (dirtyTracking && format !== 'arm-lpae-s1') throw new IommuError('EINVAL', 'dirtyTracking is available on arm-lpae-s1 domains');
+  return { format: format as FormatName, granule: granule as Granule, ias: bits('ias', opts.ias), oas: bits('oas', opts.oas), dirtyTracking };
 }
 
 // Scratch for moving between a Float64 and its two 32-bit halves without allocating.
@@ -221,7 +231,7 @@ export class LeafEncoding {
 
   constructor(geo: LpaeGeometry, prot: number, level: number) {
     const type = level === geo.lastLevel ? PTE_TYPE_PAGE : PTE_TYPE_BLOCK;
-    const [lo, hi] = geo.stage2 ? s2Attrs(prot) : s1Attrs(prot);
+    const [lo, hi] = geo.stage2 ? s2Attrs(prot) : s1Attrs(prot, geo.dirtyTracking);
     this.lo = (lo | type) >>> 0;
     this.hi = hi >>> 0;
     this.template = bitsToDouble(this.lo, this.hi);
@@ -238,15 +248,18 @@ export class LeafEncoding {
   }
 }
 
-function s1Attrs(prot: number): [number, number] {
+function s1Attrs(prot: number, dirtyTracking: boolean): [number, number] {
   let lo = S1_NG | PTE_AF;
+  let hi = prot & Prot.NOEXEC ? PTE_XN_HI : 0;
   lo |= prot & Prot.CACHE ? PTE_SH_IS : PTE_SH_OS;
   if (prot & Prot.READ && !(prot & Prot.WRITE)) lo |= S1_AP_RDONLY;
+  // As io-pgtable-arm with IO_PGTABLE_QUIRK_ARM_HD: a writable leaf starts writable-dirty.
+  else if (dirtyTracking) hi |= PTE_DBM_HI;
   if (!(prot & Prot.PRIV)) lo |= S1_AP_UNPRIV;
   if (prot & Prot.MMIO) lo |= MAIR_ATTR_IDX_DEV << S1_ATTRINDX_SHIFT;
   else if (prot & Prot.CACHE) lo |= MAIR_ATTR_IDX_CACHE << S1_ATTRINDX_SHIFT;
   else lo |= MAIR_ATTR_IDX_NC << S1_ATTRINDX_SHIFT;
-  return [lo, prot & Prot.NOEXEC ? PTE_XN_HI : 0];
+  return [lo, hi];
 }
 
 function s2Attrs(prot: number): [number, number] {
@@ -271,7 +284,7 @@ export function leafProt(geo: LpaeGeometry, lo: number, hi: number): number {
     if (((lo & S2_MEMATTR_MASK) >>> S2_MEMATTR_SHIFT) === S2_MEMATTR_DEV) prot |= Prot.MMIO;
   } else {
     prot |= Prot.READ;
-    if (!(lo & S1_AP_RDONLY)) prot |= Prot.WRITE;
+    if (!(lo & S1_AP_RDONLY) || hi & PTE_DBM_HI) prot |= Prot.WRITE;
     if (!(lo & S1_AP_UNPRIV)) prot |= Prot.PRIV;
     if (((lo & S1_ATTRINDX_MASK) >>> S1_ATTRINDX_SHIFT) === MAIR_ATTR_IDX_DEV) prot |= Prot.MMIO;
   }

@@ -355,12 +355,23 @@ export class IoPgtable {
    * a writer on another thread is seen before or after its store, never in between.
    */
   walkLeaf(iova: number): number {
-    let table = this.root;
-    for (let l = this.geo.startLevel; ; l++) {
+    return this.walkLeafFrom(this.root, this.geo.startLevel, iova);
+  }
+
+  /**
+   * walkLeaf from the table at `table` (level `level`) down: for a device walk that starts from a
+   * cached last-level table. Sets leafLo/leafHi, leafSlot and leafTable; on a hole, holeLevel.
+   */
+  walkLeafFrom(table: number, level: number, iova: number): number {
+    this.mem.ensureMapped(table + this.tableBytes);
+    for (let l = level; ; l++) {
       const s = this.slotOf(table, iova, l);
       splitDouble(this.mem.f64[s]!);
       const lo = splitLo();
-      if ((lo & PTE_VALID) === 0) return -1;
+      if ((lo & PTE_VALID) === 0) {
+        this.holeLevel = l;
+        return -1;
+      }
       if (l < this.geo.lastLevel && (lo & PTE_TYPE_MASK) === PTE_TYPE_TABLE) {
         table = tableOffsetOf(lo, this.geo.granule);
         this.mem.ensureMapped(table + this.tableBytes);
@@ -368,8 +379,19 @@ export class IoPgtable {
       }
       this.leafLo = lo;
       this.leafHi = splitHi();
+      this.leafSlot = s;
+      this.leafTable = table;
       return l;
     }
+  }
+
+  /** Descriptor index and table of the last leaf walkLeaf found. */
+  leafSlot = 0;
+  leafTable = 0;
+
+  /** The level at which the last walk met an invalid entry (its whole block there is unmapped). */
+  get lastHoleLevel(): number {
+    return this.holeLevel;
   }
 
   /**

@@ -13,6 +13,7 @@ export interface TableSpec {
   oas: number;
   root: number;
   pgsizeBitmap: number;
+  dirtyTracking: boolean;
 }
 
 /** Test-only: make the worker die or throw once it has done `afterBytes` of its chunk. */
