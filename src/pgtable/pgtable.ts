@@ -269,7 +269,7 @@ export class IoPgtable {
     let iova = lo;
     this.walkEnd = lo;
     while (iova < hi) {
-      const level = this.walkLeafSlot(iova);
+      const level = this.walkLeaf(iova);
       if (level < 0) {
         if ((mode & WalkMode.SkipHoles) === 0) return iova;
         const bs = this.geo.blockSize(this.holeLevel);
@@ -284,12 +284,12 @@ export class IoPgtable {
         this.walkEnd = iova;
         continue;
       }
-      const first = this.foundSlot;
+      const first = this.leafSlot;
       // Tables are aligned to their size, so the table's first slot is `first` with the index bits clear.
       const tableEnd = first - (first & (this.geo.entriesPerTable - 1)) + this.entryMask[level]!;
       // Consecutive leaves of this table that start before hi.
       const limit = Math.min(tableEnd + 1, first + Math.ceil((hi - iova) / leafSize));
-      const stop = (mode & WalkMode.Clear) !== 0 ? this.clearLeafRun(first, limit, level) : this.leafRunEnd(first, limit, level);
+      const stop = this.leafRunEnd(first, limit, level, (mode & WalkMode.Clear) !== 0);
       const end = iova + (stop - first) * leafSize;
       sink?.addPages(iova, end - iova, leafSize);
       iova = end;
@@ -298,21 +298,11 @@ export class IoPgtable {
     return -1;
   }
 
-  /** The first slot in [first, limit) that is not a leaf of `level`, or limit. */
-  private leafRunEnd(first: number, limit: number, level: number): number {
-    const i32 = this.mem.i32;
-    const tableType = level === this.geo.lastLevel ? -1 : PTE_TYPE_TABLE;
-    let s = first;
-    while (s < limit) {
-      const lo = i32[2 * s]!;
-      if ((lo & PTE_VALID) === 0 || (lo & PTE_TYPE_MASK) === tableType) break;
-      s++;
-    }
-    return s;
-  }
-
-  /** As leafRunEnd, clearing each leaf on the way (one 8-byte store each). */
-  private clearLeafRun(first: number, limit: number, level: number): number {
+  /**
+   * The first slot in [first, limit) that is not a leaf of `level` (or limit); with `clear`, each leaf
+   * on the way is removed (one 8-byte store).
+   */
+  private leafRunEnd(first: number, limit: number, level: number, clear: boolean): number {
     const i32 = this.mem.i32;
     const f64 = this.mem.f64;
     const tableType = level === this.geo.lastLevel ? -1 : PTE_TYPE_TABLE;
@@ -320,34 +310,13 @@ export class IoPgtable {
     while (s < limit) {
       const lo = i32[2 * s]!;
       if ((lo & PTE_VALID) === 0 || (lo & PTE_TYPE_MASK) === tableType) break;
-      f64[s] = 0;
+      if (clear) f64[s] = 0;
       s++;
     }
     return s;
   }
 
-  private foundSlot = 0;
   private holeLevel = 0;
-
-  /** Walks to iova's leaf: returns its level and sets foundSlot, or -1 for a hole (at holeLevel). */
-  private walkLeafSlot(iova: number): number {
-    let table = this.root;
-    for (let l = this.geo.startLevel; ; l++) {
-      const s = this.slotOf(table, iova, l);
-      const lo = this.mem.i32[2 * s]!;
-      if ((lo & PTE_VALID) === 0) {
-        this.holeLevel = l;
-        return -1;
-      }
-      if (l < this.geo.lastLevel && (lo & PTE_TYPE_MASK) === PTE_TYPE_TABLE) {
-        table = tableOffsetOf(lo, this.geo.granule);
-        this.mem.ensureMapped(table + this.tableBytes);
-        continue;
-      }
-      this.foundSlot = s;
-      return l;
-    }
-  }
 
   /**
    * A reader's walk (iova_to_phys, lookup, a device's translation): returns the leaf's level with
