@@ -23,7 +23,7 @@ import type { LpaeGeometry } from '../pgtable/format.js';
 import { initJournal, J, journalSize, MapLog } from '../pgtable/maplog.js';
 import type { TableMemory } from '../pgtable/memory.js';
 import { WalkMode, type IoPgtable } from '../pgtable/pgtable.js';
-import type { ChunkPool } from '../pool/pool.js';
+import { WorkerFailure, type ChunkPool } from '../pool/pool.js';
 import type { FaultSpec, MapResult, MapTask, ScanResult, TableSpec } from '../pool/tasks.js';
 import { MapError, MapLoop } from './maploop.js';
 import { inSharedMemory, type SgView } from './sg.js';
@@ -157,7 +157,16 @@ export class ParallelEngine {
       t.journalOffset = offsets[c]!;
       t.fault = this.takeFault('map', c);
     });
-    const settled = await Promise.allSettled(tasks.map((t) => this.pool.run<MapResult>(t)));
+    const settled = await Promise.allSettled(
+      tasks.map((t, c) =>
+        this.pool.run<MapResult>(t).catch((e: unknown) => {
+          // A dead worker may hold the allocator lock: free it at once, not after the others
+          // settle, since they may be waiting for it. (A worker that only threw released it.)
+          if (e instanceof WorkerFailure && e.died) this.memory.releaseLockOfDeadThread(journal[offsets[c]! + J.ThreadId]!);
+          throw e;
+        }),
+      ),
+    );
 
     const logs: MapLog[] = [];
     let error: IommuError | null = null;
@@ -177,9 +186,8 @@ export class ParallelEngine {
           error = errorOf(d.loop, v);
         }
       } else {
-        // The worker died mid-chunk: undo from its journal, and free the allocator lock if it held it.
+        // The worker died mid-chunk: undo from its journal.
         const { log } = MapLog.fromJournal(journal, offsets[c]!);
-        this.memory.releaseLockOfDeadThread(journal[offsets[c]! + J.ThreadId]!);
         logs.push(log);
         died = true;
         failedAt = Math.min(failedAt, tasks[c]!.spanStart);

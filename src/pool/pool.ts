@@ -9,6 +9,15 @@ import { IommuError } from '../errors/errors.js';
 import type { TableMemory } from '../pgtable/memory.js';
 import type { ChunkTask } from './tasks.js';
 
+/** A chunk that failed in its worker (EIO); `died` if the worker thread itself is gone. */
+export class WorkerFailure extends IommuError {
+  readonly died: boolean;
+  constructor(died: boolean, message: string) {
+    super('EIO', message);
+    this.died = died;
+  }
+}
+
 const WORKER_URL = new URL('../../workers/chunk-worker.js', import.meta.url);
 
 export class ChunkPool {
@@ -38,7 +47,10 @@ export class ChunkPool {
     try {
       return (await this.piscina.run(task)) as R;
     } catch (e) {
-      throw new IommuError('EIO', `a worker failed running a ${task.kind} chunk: ${(e as Error).message}`);
+      const message = (e as Error).message;
+      // piscina reports a worker that exited (or was terminated) with this message; a task that
+      // threw leaves its worker alive, with the error it threw.
+      throw new WorkerFailure(/^worker exited/.test(message), `a worker failed running a ${task.kind} chunk: ${message}`);
     }
   }
 
