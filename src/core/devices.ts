@@ -112,6 +112,7 @@ export class Devices {
   }
 
   private fault(fault: DeviceFault): never {
+    Object.freeze(fault); // one record, shared by the log, the listeners and the error: none may edit it
     this.faultCounts[fault.reason]++;
     if (this.recent.length === RECENT_FAULTS) this.recent.shift();
     this.recent.push(fault);

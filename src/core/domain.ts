@@ -72,6 +72,8 @@ export interface DomainHost {
 }
 
 const DIRTY_OPTIONS = ['noClear'] as const;
+/** 2^30 pages: a 128 MiB bitmap. */
+const MAX_DIRTY_PAGES = 2 ** 30;
 
 const SG_OPTIONS = ['deferInvalidate'] as const;
 
@@ -98,6 +100,8 @@ export class Domain implements DomainTables {
   private readonly minPgsize: number;
   /** Invalidations deferred by calls that asked so, issued by iotlbSync(). */
   private readonly deferred = new Gather();
+  /** Walk invalidations (and pages) of tables replaced by maps that had no batch, for the next one. */
+  private readonly pendingWalks = new Gather();
   private freed = false;
 
   /** @internal Use Iommu.allocDomain(). */
@@ -194,7 +198,9 @@ export class Domain implements DomainTables {
   /** Issues, as one batch, every invalidation deferred so far. */
   iotlbSync(): void {
     this.checkLive();
-    this.host.iotlb.sync(this.tag, this.deferred);
+    const gather = new Gather();
+    gather.append(this.deferred);
+    this.issue(gather);
   }
 
   /** Invalidates everything cached for this domain (one batch, one command). */
@@ -204,7 +210,7 @@ export class Domain implements DomainTables {
     gather.addFlushAll();
     gather.freeTables(this.deferred.freePages);
     this.deferred.reset();
-    this.host.iotlb.sync(this.tag, gather);
+    this.issue(gather);
   }
 
   /** The physical address iova translates to, or null where nothing is mapped. */
@@ -245,6 +251,9 @@ export class Domain implements DomainTables {
     if (!this.geometry.dirtyTracking) throw new IommuError('EINVAL', `domain ${this.id} was not allocated with dirtyTracking`);
     this.checkUnmapRange(iova, size);
     const min = this.minPgsize;
+    if (size / min > MAX_DIRTY_PAGES) {
+      throw new IommuError('ERANGE', `readAndClearDirty covers at most ${MAX_DIRTY_PAGES} pages (a ${MAX_DIRTY_PAGES / 8 / 2 ** 20} MiB bitmap) per call`);
+    }
     const bitmap = new Uint8Array(Math.ceil(size / min / 8));
     const pt = this.pgtable;
     const i32 = pt.mem.i32;
@@ -270,7 +279,7 @@ export class Domain implements DomainTables {
     if (cleared) {
       const gather = new Gather();
       gather.addRange(iova, size);
-      this.host.iotlb.sync(this.tag, gather);
+      this.issue(gather);
     }
     return bitmap;
   }
@@ -304,9 +313,10 @@ export class Domain implements DomainTables {
     const mem = this.host.memory;
     const pages = this.pgtable.allTables();
     for (let i = 0; i < pages.length; i += 2) mem.free(pages[i]!, pages[i + 1]!);
-    const parked = this.deferred.freePages;
-    for (let i = 0; i < parked.length; i += 2) mem.free(parked[i]!, parked[i + 1]!);
-    this.deferred.reset();
+    for (const g of [this.deferred, this.pendingWalks]) {
+      for (let i = 0; i < g.freePages.length; i += 2) mem.free(g.freePages[i]!, g.freePages[i + 1]!);
+      g.reset();
+    }
     this.host.domainFreed(this);
   }
 
@@ -332,6 +342,7 @@ export class Domain implements DomainTables {
       if (failedAt > iova) {
         const gather = new Gather();
         gather.addRange(iova, failedAt - iova);
+        // Not issue(): a failed call changes nothing else, not even when pending pages are freed.
         this.host.iotlb.sync(this.tag, gather);
       }
       throw error;
@@ -343,12 +354,13 @@ export class Domain implements DomainTables {
       gather.freeTables(log.replacedPages);
     }
     if (!this.invalidateOnMap) {
-      if (!gather.isEmpty) this.deferred.append(gather);
+      // No batch of its own: the walk invalidations go with the domain's next batch, whatever it is.
+      if (!gather.isEmpty) this.pendingWalks.append(gather);
       return;
     }
     if (mapped > 0) gather.addRange(iova, mapped);
     if (defer) this.deferred.append(gather);
-    else this.host.iotlb.sync(this.tag, gather);
+    else this.issue(gather);
   }
 
   /**
@@ -377,6 +389,16 @@ export class Domain implements DomainTables {
     }
   }
 
+  /**
+   * Completes one invalidation batch for this domain. Walk invalidations of tables that maps replaced
+   * (on a domain without invalidateOnMap, which gives maps no batch) ride along with whatever batch
+   * comes next, so their pages are freed as soon as possible.
+   */
+  private issue(gather: Gather): void {
+    gather.append(this.pendingWalks);
+    this.host.iotlb.sync(this.tag, gather);
+  }
+
   /** Frees the tables that failed calls installed and could not free while others were in flight. */
   private reclaimOrphans(): void {
     const o = this.orphans;
@@ -397,7 +419,7 @@ export class Domain implements DomainTables {
   private async unmapRange(iova: number, size: number, defer: boolean): Promise<number> {
     const finish = (unmapped: number, gather: Gather): number => {
       if (defer) this.deferred.append(gather);
-      else this.host.iotlb.sync(this.tag, gather);
+      else this.issue(gather);
       return unmapped;
     };
     const par = this.host.parallel;

@@ -27,8 +27,10 @@ export interface IotlbStats {
   misses: number;
   /** Walks that started from a cached last-level table. */
   walkHits: number;
-  /** Entries evicted to make room. */
+  /** Leaf entries evicted to make room. */
   evictions: number;
+  /** Walk entries evicted to make room. */
+  walkEvictions: number;
   /** Entries in the leaf cache now. */
   entries: number;
 }
@@ -61,7 +63,7 @@ export class Iotlb {
   readonly capacity: number;
   private readonly leaves = new Map<number, TlbEntry>();
   private readonly walks = new Map<number, WalkEntry>();
-  private readonly counters = { invalidations: 0, syncs: 0, hits: 0, misses: 0, walkHits: 0, evictions: 0 };
+  private readonly counters = { invalidations: 0, syncs: 0, hits: 0, misses: 0, walkHits: 0, evictions: 0, walkEvictions: 0 };
   /** Cost model: modelled nanoseconds per sync and per command (0 = none), and the total so far. */
   private costPerSync = 0;
   private costPerCommand = 0;
@@ -127,7 +129,7 @@ export class Iotlb {
   /** Caches a leaf found by a walk (counts a miss), evicting the oldest entry when full. */
   insert(e: TlbEntry, level: number): void {
     this.counters.misses++;
-    if (this.leaves.size >= this.capacity) this.evictOldest(this.leaves);
+    if (this.leaves.size >= this.capacity && this.evictOldest(this.leaves)) this.counters.evictions++;
     this.leaves.set(e.tag * TAG_STRIDE + Math.floor(e.start / e.size) * 4 + level, e);
   }
 
@@ -140,17 +142,14 @@ export class Iotlb {
   }
 
   walkInsert(tag: number, iova: number, size: number, table: number): void {
-    if (this.walks.size >= this.capacity) this.evictOldest(this.walks);
+    if (this.walks.size >= this.capacity && this.evictOldest(this.walks)) this.counters.walkEvictions++;
     const start = Math.floor(iova / size) * size;
     this.walks.set(tag * TAG_STRIDE + Math.floor(iova / size), { tag, start, size, table });
   }
 
-  private evictOldest(map: Map<number, unknown>): void {
+  private evictOldest(map: Map<number, unknown>): boolean {
     const oldest = map.keys().next();
-    if (!oldest.done) {
-      map.delete(oldest.value);
-      this.counters.evictions++;
-    }
+    return !oldest.done && map.delete(oldest.value);
   }
 
   stats(): IotlbStats {

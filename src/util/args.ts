@@ -39,10 +39,11 @@ export function checkOptions<K extends string>(
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new IommuError('EINVAL', `${name} must be an object, got ${describe(value)}`);
   }
-  for (const key of Object.keys(value)) {
+  for (const [key, v] of Object.entries(value)) {
     if (!(known as readonly string[]).includes(key)) {
       throw new IommuError('EINVAL', `${name} has an unknown option '${key}' (known: ${known.join(', ')})`);
     }
+    if (v === null) throw new IommuError('EINVAL', `${name}.${key} must not be null (leave it out for the default)`);
   }
   return value as Partial<Record<K, unknown>>;
 }
