@@ -336,9 +336,14 @@ export class Domain implements DomainTables {
    */
   private finishMap(iova: number, mapped: number, logs: MapLog[], error: IommuError | null, failedAt: number, defer: boolean): void {
     if (error) {
+      const installed: number[] = [];
+      for (const log of logs) {
+        this.pgtable.rollback(log);
+        installed.push(...log.installed);
+      }
       // Tables the call installed may be in use by another call in flight: then they are freed later.
-      const alone = this.inflight <= 1;
-      for (const log of logs) this.orphans.push(...this.pgtable.rollback(log, alone));
+      if (this.inflight <= 1) this.pgtable.reclaimTables(installed);
+      else this.orphans.push(...installed);
       if (failedAt > iova) {
         const gather = new Gather();
         gather.addRange(iova, failedAt - iova);
@@ -401,9 +406,8 @@ export class Domain implements DomainTables {
 
   /** Frees the tables that failed calls installed and could not free while others were in flight. */
   private reclaimOrphans(): void {
-    const o = this.orphans;
-    for (let i = 0; i < o.length; i += 2) this.pgtable.reclaimTable(o[i]!, o[i + 1]!);
-    o.length = 0;
+    this.pgtable.reclaimTables(this.orphans);
+    this.orphans.length = 0;
   }
 
   private checkUnmapRange(iova: number, size: number): void {

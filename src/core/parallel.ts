@@ -194,6 +194,14 @@ export class ParallelEngine {
       }
     });
     if (died) error = new IommuError('EIO', 'a worker thread died while mapping; the call was rolled back');
+    if (died) {
+      // A dead chunk may have written past what its journal says it finished: invalidate everything.
+      failedAt = tasks[tasks.length - 1]!.spanEnd;
+    } else if (error !== null && (error as IommuError).code === 'ENOMEM') {
+      // Where memory ran out depends on how the chunks raced, not on the list: invalidate all that
+      // any chunk wrote, so a device cannot keep a translation of it.
+      for (const log of logs) if (log.written > 0) failedAt = Math.max(failedAt, log.base + log.written);
+    }
     const mapped = tasks.length > 0 ? tasks[tasks.length - 1]!.spanEnd - iova : 0;
     return { mapped, logs, error, failedAt: error ? failedAt : mapped + iova };
   }

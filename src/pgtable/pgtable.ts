@@ -78,6 +78,8 @@ export class IoPgtable {
     this.mem = mem;
     this.root = root;
     this.tableBytes = geo.granule;
+    // The root may lie beyond this thread's views if another thread grew table memory since.
+    mem.ensureMapped(root + geo.granule);
     for (let l = 0; l <= 3; l++) {
       this.invBlock[l] = 2 ** -geo.levelShift(l);
       this.entryMask[l] = (l === geo.startLevel ? geo.rootEntries : geo.entriesPerTable) - 1;
@@ -364,27 +366,36 @@ export class IoPgtable {
   }
 
   /**
-   * Undoes a map call or chunk: clears the leaves it wrote (and a dead writer's partial batch), puts
-   * back the subtrees its blocks replaced, and frees the tables it installed that are empty again.
-   * With `freeTables` false (other calls may be walking those tables right now) the emptied tables
-   * are left in place and returned as (slot, page) pairs, to be reclaimed when the domain is idle.
+   * Undoes a map call or chunk: clears the leaves it wrote (and a dead writer's partial batch) and puts
+   * back the subtrees its blocks replaced. The tables it installed are left to reclaimTables (one
+   * call's chunks may have installed a table inside another's).
    */
-  rollback(log: MapLog, freeTables = true): number[] {
+  rollback(log: MapLog): void {
     this.resetWalkCache();
     if (log.written > 0) this.unmapLeaves(log.base, log.written, null);
     // After the written leaves (they end at the first hole): a dead writer's partial batch.
     this.mem.ensureMapped(log.intentEnd * 8);
     for (let s = log.intentFirst; s < log.intentEnd; s++) this.mem.f64[s] = 0;
-    const { replaced, installed } = log;
+    const { replaced } = log;
     for (let i = 0; i < replaced.length; i += 4) this.mem.f64[replaced[i]!] = replaced[i + 1]!;
-    const kept: number[] = [];
-    for (let i = installed.length - 2; i >= 0; i -= 2) {
-      const slot = installed[i]!;
-      const page = installed[i + 1]!;
-      if (freeTables) this.reclaimTable(slot, page);
-      else kept.push(slot, page);
+  }
+
+  /**
+   * Frees, of the tables given as (slot, page) pairs, every one that maps nothing — including those
+   * that only become empty once tables below them are freed. Returns the pairs it kept.
+   */
+  reclaimTables(pairs: readonly number[]): number[] {
+    let left = pairs.slice();
+    for (let freed = true; freed && left.length > 0; ) {
+      freed = false;
+      const kept: number[] = [];
+      for (let i = 0; i < left.length; i += 2) {
+        if (this.reclaimTable(left[i]!, left[i + 1]!)) freed = true;
+        else kept.push(left[i]!, left[i + 1]!);
+      }
+      left = kept;
     }
-    return kept;
+    return left;
   }
 
   /** Frees the table `page` linked at `slot` if it maps nothing; the caller knows no walk is in it. */
