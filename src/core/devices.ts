@@ -95,19 +95,24 @@ export class Devices {
     const cached = region > 0 ? this.iotlb.walkLookup(dom.tag, iova, region) : -1;
     const level = cached >= 0 ? pt.walkLeafFrom(cached, last, iova) : pt.walkLeaf(iova);
     if (level < 0) return null;
-    if (cached < 0 && level === last && region > 0) this.iotlb.walkInsert(dom.tag, iova, region, pt.leafTable);
     const size = geo.blockSize(level);
+    const start = Math.floor(iova / size) * size;
+    // What a map in flight is writing may yet be rolled back: use it, but cache none of it.
+    const regionStart = region > 0 ? Math.floor(iova / region) * region : start;
+    const cacheable = !dom.mappingOverlaps(Math.min(start, regionStart), Math.max(start + size, regionStart + region));
+    if (cacheable && cached < 0 && level === last && region > 0) this.iotlb.walkInsert(dom.tag, iova, region, pt.leafTable);
     const prot = leafProt(geo, pt.leafLo, pt.leafHi);
     const entry: TlbEntry = {
       tag: dom.tag,
-      start: Math.floor(iova / size) * size,
+      start,
       size,
       phys: leafOutputAddress(geo, pt.leafLo, pt.leafHi, level),
       readable: (prot & Prot.READ) !== 0,
       writable: (prot & Prot.WRITE) !== 0,
       slot: pt.leafSlot,
     };
-    this.iotlb.insert(entry, level);
+    if (cacheable) this.iotlb.insert(entry, level);
+    else this.iotlb.countMiss();
     return entry;
   }
 

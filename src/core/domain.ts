@@ -97,6 +97,8 @@ export class Domain implements DomainTables {
   private inflight = 0;
   /** Tables that failed calls installed but could not free at once, as (slot, page) pairs. */
   private readonly orphans: number[] = [];
+  /** IOVA ranges that parallel maps are writing right now. */
+  private readonly mapping: number[][] = [];
   private readonly minPgsize: number;
   /** Invalidations deferred by calls that asked so, issued by iotlbSync(). */
   private readonly deferred = new Gather();
@@ -133,10 +135,12 @@ export class Domain implements DomainTables {
     if (loop.checkRun(iova, paddr, size) !== MapError.None) throw loop.toError();
     const par = this.host.parallel;
     if (par && size / this.minPgsize >= PARALLEL_MIN_PAGES) {
-      await this.exclusive(iova, iova + size, async () => {
-        const out = await par.map(this, iova, paddr, size, prot);
-        this.finishMap(iova, out.mapped, out.logs, out.error, out.failedAt, false);
-      });
+      await this.exclusive(iova, iova + size, () =>
+        this.whileMapping(iova, iova + size, async () => {
+          const out = await par.map(this, iova, paddr, size, prot);
+          this.finishMap(iova, out.mapped, out.logs, out.error, out.failedAt, false);
+        }),
+      );
       return;
     }
     await this.exclusiveSync(iova, () => iova + size, () => {
@@ -167,11 +171,14 @@ export class Domain implements DomainTables {
     const par = this.host.parallel;
     if (par && n >= PARALLEL_MIN_PAGES) {
       const tasks = par.planSg(this, iova, view, prot);
-      return this.exclusive(iova, iova + view.index.bytes, async () => {
-        const out = await par.runMapTasks(this, iova, tasks);
-        this.finishMap(iova, out.mapped, out.logs, out.error, out.failedAt, defer);
-        return out.mapped;
-      });
+      const end = iova + view.index.bytes;
+      return this.exclusive(iova, end, () =>
+        this.whileMapping(iova, end, async () => {
+          const out = await par.runMapTasks(this, iova, tasks);
+          this.finishMap(iova, out.mapped, out.logs, out.error, out.failedAt, defer);
+          return out.mapped;
+        }),
+      );
     }
     const inline = (): number => {
       const log = new MapLog(iova);
@@ -392,6 +399,27 @@ export class Domain implements DomainTables {
       release();
       if (this.inflight === 0) this.reclaimOrphans();
     }
+  }
+
+  /**
+   * Marks [lo, hi) as being mapped by workers while `work` runs. Devices may translate through leaves
+   * there meanwhile, but the IOTLB caches nothing of it (nor the last-level tables around it): if the
+   * call fails, its leaves and tables go, and no device may keep them.
+   */
+  private async whileMapping<T>(lo: number, hi: number, work: () => Promise<T>): Promise<T> {
+    const range = [lo, hi];
+    this.mapping.push(range);
+    try {
+      return await work();
+    } finally {
+      this.mapping.splice(this.mapping.indexOf(range), 1);
+    }
+  }
+
+  /** @internal Is a parallel map in flight on any part of [lo, hi)? */
+  mappingOverlaps(lo: number, hi: number): boolean {
+    for (const r of this.mapping) if (r[0]! < hi && lo < r[1]!) return true;
+    return false;
   }
 
   /**

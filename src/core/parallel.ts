@@ -80,13 +80,11 @@ export class ParallelEngine {
     return Math.max(1, Math.min(Math.floor(pages / MIN_CHUNK_PAGES), this.pool.threads * CHUNKS_PER_THREAD));
   }
 
-  private takeFault(phase: FaultPlan['phase'], chunk: number): FaultSpec | undefined {
+  /** The injected fault for one call: every parallel call consumes the plan, whether it uses it or not. */
+  private takePlan(): (phase: FaultPlan['phase'], chunk: number) => FaultSpec | undefined {
     const plan = this.faultPlan;
-    if (plan && plan.phase === phase && plan.chunk === chunk) {
-      this.faultPlan = null;
-      return plan.fault;
-    }
-    return undefined;
+    this.faultPlan = null;
+    return (phase, chunk) => (plan && plan.phase === phase && plan.chunk === chunk ? plan.fault : undefined);
   }
 
   /**
@@ -151,11 +149,12 @@ export class ParallelEngine {
       words += journalSize(ci, cr);
     }
     const journal = new Float64Array(new SharedArrayBuffer(words * 8));
+    const faultFor = this.takePlan();
     tasks.forEach((t, c) => {
       initJournal(journal, offsets[c]!, caps[c]![0]!, caps[c]![1]!);
       t.journal = journal.buffer as SharedArrayBuffer;
       t.journalOffset = offsets[c]!;
-      t.fault = this.takeFault('map', c);
+      t.fault = faultFor('map', c);
     });
     const settled = await Promise.allSettled(
       tasks.map((t, c) =>
@@ -213,11 +212,12 @@ export class ParallelEngine {
   async unmap(d: DomainTables, iova: number, size: number): Promise<{ unmapped: number; gather: Gather }> {
     const pt = d.pgtable;
     const pieces = this.pieces(pt.geo, d.loop.minPgsize, iova, size);
+    const faultFor = this.takePlan();
     // Round A: find each piece's leaves and first hole, without changing anything.
     const scans = await Promise.all(
       pieces.map(async ([lo, hi], c): Promise<ScanResult> => {
         try {
-          return await this.pool.run<ScanResult>({ kind: 'scan', table: d.spec, lo, hi, first: c === 0, fault: this.takeFault('scan', c) });
+          return await this.pool.run<ScanResult>({ kind: 'scan', table: d.spec, lo, hi, first: c === 0, fault: faultFor('scan', c) });
         } catch {
           const gather = new Gather();
           const stop = pt.walkLeaves(lo, hi, c === 0 ? WalkMode.Scan : WalkMode.SkipStraddler, gather);
@@ -241,7 +241,7 @@ export class ParallelEngine {
       clears.map(async ([lo, hi], c) => {
         if (hi <= lo) return;
         try {
-          await this.pool.run<number>({ kind: 'clear', table: d.spec, lo, hi, fault: this.takeFault('clear', c) });
+          await this.pool.run<number>({ kind: 'clear', table: d.spec, lo, hi, fault: faultFor('clear', c) });
         } catch {
           pt.walkLeaves(lo, hi, mode, null);
         }

@@ -133,6 +133,11 @@ export class Iotlb {
     this.leaves.set(e.tag * TAG_STRIDE + Math.floor(e.start / e.size) * 4 + level, e);
   }
 
+  /** A translation that needed a walk but may not be cached. */
+  countMiss(): void {
+    this.counters.misses++;
+  }
+
   /** The cached last-level table of `tag` for the region of `size` bytes around iova, or -1. */
   walkLookup(tag: number, iova: number, size: number): number {
     const w = this.walks.get(tag * TAG_STRIDE + Math.floor(iova / size));
