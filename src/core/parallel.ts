@@ -24,7 +24,7 @@ import { initJournal, J, journalSize, MapLog } from '../pgtable/maplog.js';
 import type { TableMemory } from '../pgtable/memory.js';
 import { WalkMode, type IoPgtable } from '../pgtable/pgtable.js';
 import { WorkerFailure, type ChunkPool } from '../pool/pool.js';
-import type { FaultSpec, MapResult, MapTask, ScanResult, TableSpec } from '../pool/tasks.js';
+import type { FaultSpec, MapChunk, MapResult, MapTask, ScanResult, TableSpec } from '../pool/tasks.js';
 import { MapError, MapLoop } from './maploop.js';
 import { inSharedMemory, type SgView } from './sg.js';
 
@@ -92,7 +92,7 @@ export class ParallelEngine {
    * cross into it (head) and out of it (tail), whole. The list's index makes this a look at a few
    * blocks per chunk, not a pass over the list.
    */
-  planSg(d: DomainTables, iova: number, sg: SgView, prot: number): MapTask[] {
+  planSg(d: DomainTables, iova: number, sg: SgView, prot: number): MapChunk[] {
     const { pairs, index } = sg;
     const n = index.length;
     const k = this.chunkCount(n);
@@ -106,9 +106,9 @@ export class ParallelEngine {
       return [iova + startOffset, pairs[2 * start]!, index.offsetOf(pairs, index.runEnd(pairs, e)) - startOffset];
     };
     const sgBuffer = inSharedMemory(pairs).buffer as SharedArrayBuffer;
-    const tasks: MapTask[] = [];
+    const chunks: MapChunk[] = [];
     for (let c = 0; c < k; c++) {
-      tasks.push({
+      chunks.push({
         kind: 'map',
         table: d.spec,
         sg: sgBuffer,
@@ -119,11 +119,9 @@ export class ParallelEngine {
         head: crossing(bounds[c]!),
         tail: crossing(bounds[c + 1]!),
         prot,
-        journal: null!,
-        journalOffset: 0,
       });
     }
-    return tasks;
+    return chunks;
   }
 
   /** map of one big run: IOVA pieces of the same run, each writing its own leaves. */
@@ -132,16 +130,17 @@ export class ParallelEngine {
     pairs[0] = paddr;
     pairs[1] = size;
     const run = [iova, paddr, size];
-    const tasks = this.pieces(d.pgtable.geo, d.loop.minPgsize, iova, size).map(
-      ([lo, hi]): MapTask => ({ kind: 'map', table: d.spec, sg: pairs.buffer as SharedArrayBuffer, first: 0, end: 1, spanStart: lo, spanEnd: hi, head: run, tail: null, prot, journal: null!, journalOffset: 0 }),
+    const sg = pairs.buffer as SharedArrayBuffer;
+    const chunks = this.pieces(d.pgtable.geo, d.loop.minPgsize, iova, size).map(
+      ([lo, hi]): MapChunk => ({ kind: 'map', table: d.spec, sg, first: 0, end: 1, spanStart: lo, spanEnd: hi, head: run, tail: null, prot }),
     );
-    return this.runMapTasks(d, iova, tasks);
+    return this.runMapTasks(d, iova, chunks);
   }
 
   /** Writes every chunk, each with a journal; collects their logs, and the call's error. */
-  async runMapTasks(d: DomainTables, iova: number, tasks: MapTask[]): Promise<MapOutcome> {
+  async runMapTasks(d: DomainTables, iova: number, chunks: MapChunk[]): Promise<MapOutcome> {
     const geo = d.pgtable.geo;
-    const caps = tasks.map((t) => journalCaps(geo, d.loop.minPgsize, d.spec.pgsizeBitmap, t.spanEnd - t.spanStart));
+    const caps = chunks.map((t) => journalCaps(geo, d.loop.minPgsize, d.spec.pgsizeBitmap, t.spanEnd - t.spanStart));
     const offsets: number[] = [];
     let words = 0;
     for (const [ci, cr] of caps) {
@@ -150,11 +149,9 @@ export class ParallelEngine {
     }
     const journal = new Float64Array(new SharedArrayBuffer(words * 8));
     const faultFor = this.takePlan();
-    tasks.forEach((t, c) => {
+    const tasks = chunks.map((chunk, c): MapTask => {
       initJournal(journal, offsets[c]!, caps[c]![0]!, caps[c]![1]!);
-      t.journal = journal.buffer as SharedArrayBuffer;
-      t.journalOffset = offsets[c]!;
-      t.fault = faultFor('map', c);
+      return { ...chunk, journal: journal.buffer as SharedArrayBuffer, journalOffset: offsets[c]!, fault: faultFor('map', c) };
     });
     const settled = await Promise.allSettled(
       tasks.map((t, c) =>

@@ -39,6 +39,9 @@ export interface MapTask {
   fault?: FaultSpec;
 }
 
+/** A map chunk as planned, before its journal is allocated. */
+export type MapChunk = Omit<MapTask, 'journal' | 'journalOffset' | 'fault'>;
+
 export interface MapResult {
   ok: boolean;
   error: number;
