@@ -8,13 +8,15 @@
  * To add a suite: write scripts/bench/<name>.ts exporting a `Suite` (see scripts/bench/harness.ts and
  * scripts/bench/core.ts) and add it to SUITES below; it is then selectable by name.
  */
+import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
 import { coreSuite } from './bench/core.js';
-import { BenchContext, fmt, gc, type Measurement, type RunOptions, type Suite } from './bench/harness.js';
-import { machineInfo, type MachineInfo } from './bench/machine.js';
+import { BenchContext, fmt, gc, targetText, type Measurement, type RunOptions, type Suite } from './bench/harness.js';
+import { cpuSnapshot, machineInfo, otherLoad, type MachineInfo } from './bench/machine.js';
+import { parallelSuite } from './bench/parallel.js';
 
 /** Every suite, in the order a full run executes them. */
-const SUITES: readonly Suite[] = [coreSuite];
+const SUITES: readonly Suite[] = [coreSuite, parallelSuite];
 
 const USAGE = `usage: node dist/scripts/bench.js [SUITE...] [options]
        npm run bench -- [SUITE...] [options]
@@ -85,7 +87,9 @@ class UsageError extends Error {}
 function printMachine(m: MachineInfo): void {
   process.stdout.write(
     `iommud bench — ${m.cpuModel}, nproc ${m.nproc}, node ${m.node} (V8 ${m.v8}), ${m.platform}, ` +
-      `${m.memoryGiB} GiB, load average ${m.loadavg1} at start\n`,
+      `${m.memoryGiB} GiB, load average ${m.loadavg1} at start` +
+      (m.git ? `, code ${m.git.commit}${m.git.changedFiles ? ` + ${m.git.changedFiles} changed files in src/, workers/` : ''}` : '') +
+      '\n',
   );
 }
 
@@ -96,8 +100,8 @@ function printSuite(suite: Suite, ms: Measurement[]): void {
     m.kind === 'memory' ? '' : fmt(m.min),
     m.kind === 'memory' ? '' : fmt(m.max),
     m.unit,
-    m.kind === 'time' ? String(m.samples.length) : '',
-    m.target ? `<= ${m.target.max}` : '',
+    m.kind === 'memory' || m.kind === 'ratio' ? '' : String(m.samples.length),
+    m.target ? targetText(m.target) : '',
     m.pass === undefined ? '' : m.pass ? 'PASS' : 'FAIL',
   ]);
   const head = ['measurement', 'median', 'min', 'max', 'unit', 'n', 'target', ''];
@@ -109,7 +113,8 @@ function printSuite(suite: Suite, ms: Measurement[]): void {
   ms.forEach((m, i) => {
     if (m.group !== group) {
       group = m.group;
-      process.stdout.write(`  -- ${group}\n`);
+      const busy = m.othersCores !== undefined && m.othersCores >= 0.1 ? `  (other processes used ${m.othersCores} cores meanwhile)` : '';
+      process.stdout.write(`  -- ${group}${busy}\n`);
     }
     process.stdout.write(`  ${line(rows[i]!)}\n`);
   });
@@ -124,6 +129,12 @@ function printSuite(suite: Suite, ms: Measurement[]): void {
       process.stdout.write(`    ${shared ? `${m.group} (all)` : m.name}: ${m.note}\n`);
     }
   }
+}
+
+/** Other processes' CPU use during a suite: on 2 cores, anything above ~0.1 core shows in the numbers. */
+function printLoad(name: string, l: ReturnType<typeof otherLoad>): void {
+  if (l.othersCores === null) return;
+  process.stdout.write(`  (while ${name} ran, other processes used ${l.othersCores} cores on average; hypervisor steal ${l.stealCores} cores)\n`);
 }
 
 async function main(): Promise<number> {
@@ -149,24 +160,32 @@ async function main(): Promise<number> {
   };
   const all: Measurement[] = [];
   const started = Date.now();
+  const load: Record<string, ReturnType<typeof otherLoad>> = {};
+  const cpu0 = cpuSnapshot();
   for (const suite of cli.suites) {
     options.log(`suite ${suite.name} (${cli.warmup} warm-up + ${cli.reps} reps per case)`);
     const ctx = new BenchContext(suite.name, options);
+    const before = cpuSnapshot();
     await suite.run(ctx);
+    load[suite.name] = otherLoad(before, cpuSnapshot());
     printSuite(suite, ctx.measurements);
+    printLoad(suite.name, load[suite.name]!);
     all.push(...ctx.measurements);
   }
+  load['all'] = otherLoad(cpu0, cpuSnapshot());
   const failed = all.filter((m) => m.pass === false).map((m) => m.id);
+  const loadEnd = Math.round(loadavg()[0]! * 100) / 100;
+  const shown = failed.slice(0, 8).join('; ') + (failed.length > 8 ? `; ... ${failed.length - 8} more` : '');
   process.stdout.write(
-    `\n${all.length} measurements in ${((Date.now() - started) / 1000).toFixed(1)} s; ` +
-      `targets: ${all.filter((m) => m.pass === true).length} pass, ${failed.length} fail${failed.length ? ` (${failed.join('; ')})` : ''}\n`,
+    `\n${all.length} measurements in ${((Date.now() - started) / 1000).toFixed(1)} s; load average ${machine.loadavg1} at start, ${loadEnd} at end; ` +
+      `targets: ${all.filter((m) => m.pass === true).length} pass, ${failed.length} fail${failed.length ? ` (${shown})` : ''}\n`,
   );
   if (cli.json) {
     const measurements: Record<string, Omit<Measurement, 'id'>> = {};
     for (const { id, ...rest } of all) measurements[id] = rest;
     const out = {
       bench: 'iommud',
-      machine,
+      machine: { ...machine, loadavg1End: loadEnd, otherLoad: load },
       options: { suites: cli.suites.map((s) => s.name), reps: cli.reps, warmup: cli.warmup, filters: cli.filters },
       measurements,
     };

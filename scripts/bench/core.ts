@@ -1,5 +1,8 @@
 /**
- * The `core` suite: the single-threaded engine (Iommu.create({ workers: 0 })).
+ * The `core` suite: the single-threaded engine (Iommu.create({ workers: 0 })). With no pool, every
+ * call runs inline on the calling thread, including those of >= PARALLEL_MIN_PAGES pages that an Iommu
+ * with workers (the default since the pool exists) would cut into chunks; the `parallel` suite
+ * measures those.
  *
  *   - map_sg / unmap_sg of 1,048,576 physically contiguous 4K pages (one run) and of 262,144 scattered
  *     4K segments (262,144 runs) on a 4K-only domain, in ns per page, for an SgTable and for a plain

@@ -13,6 +13,7 @@
  */
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { cpuSnapshot, otherLoad } from './machine.js';
 
 /** A forced full GC, or null if the runtime refused to expose it. Used only outside timed regions. */
 export const gc: (() => void) | null = (() => {
@@ -26,10 +27,22 @@ export const gc: (() => void) | null = (() => {
 })();
 
 export interface Target {
-  /** The measured median must be at most this (same unit as the measurement). */
-  max: number;
+  /** The measured median must be at most this (same unit as the measurement)... */
+  max?: number;
+  /** ...and/or at least this (a speed-up, a bandwidth). */
+  min?: number;
   /** Where the target comes from, e.g. "issue: <= 5 ns per page mapped". */
   source: string;
+}
+
+/** Does a median meet a target? */
+export function meets(value: number, t: Target): boolean {
+  return (t.max === undefined || value <= t.max) && (t.min === undefined || value >= t.min);
+}
+
+/** A target as the tables print it: "<= 5", ">= 1.8", or both. */
+export function targetText(t: Target): string {
+  return [t.min === undefined ? '' : `>= ${t.min}`, t.max === undefined ? '' : `<= ${t.max}`].filter(Boolean).join(', ');
 }
 
 export interface Measurement {
@@ -40,8 +53,12 @@ export interface Measurement {
   name: string;
   /** What a sample is measured in: "ns/page", "ns/op", "B/page", "x" (a ratio), ... */
   unit: string;
-  /** 'time': repeated timings; 'memory': a deterministic single reading; 'ratio': medians divided. */
-  kind: 'time' | 'memory' | 'ratio';
+  /**
+   * 'time': repeated timings; 'memory': a deterministic single reading; 'ratio': medians divided;
+   * 'paired': per-repetition ratios of two series timed in the same repetitions (samples = the ratios);
+   * 'derived': a time series converted sample by sample (e.g. ns per MiB -> GB/s).
+   */
+  kind: 'time' | 'memory' | 'ratio' | 'paired' | 'derived';
   median: number;
   min: number;
   max: number;
@@ -52,6 +69,11 @@ export interface Measurement {
   target?: Target;
   pass?: boolean;
   note?: string;
+  /**
+   * CPU time other processes used while this measurement's group ran, in cores on average (time
+   * series only; Linux). On this 2-core machine anything above ~0.1 shows in the numbers.
+   */
+  othersCores?: number;
 }
 
 export function median(values: readonly number[]): number {
@@ -91,6 +113,17 @@ export class Timer {
     if (s.ops !== ops || s.unit !== unit) throw new Error(`bench: series '${key}' timed with different ops or unit`);
     if (this.recording) s.samples.push(elapsed / ops);
     return result;
+  }
+
+  /**
+   * Records a value the step measured itself (e.g. the median of many latencies it timed) under
+   * `key`, when recording: for what one elapsed time per region cannot express.
+   */
+  record(key: string, ops: number, value: number, unit: string): void {
+    let s = this.series.get(key);
+    if (!s) this.series.set(key, (s = { unit, ops, samples: [] }));
+    if (s.ops !== ops || s.unit !== unit) throw new Error(`bench: series '${key}' recorded with different ops or unit`);
+    if (this.recording) s.samples.push(value);
   }
 }
 
@@ -143,6 +176,7 @@ export class BenchContext {
     const warmup = spec.warmup ?? this.options.warmup;
     const timer = new Timer();
     const started = Date.now();
+    const cpu0 = cpuSnapshot();
     // Collect the garbage of whatever ran before, once, before the warm-up (which re-optimizes).
     gc?.();
     for (let r = 0; r < warmup + reps; r++) {
@@ -153,6 +187,7 @@ export class BenchContext {
       }
       this.options.log(`  ${spec.name}: ${r < warmup ? 'warm-up' : 'rep'} ${r < warmup ? r + 1 : r - warmup + 1}/${r < warmup ? warmup : reps}`);
     }
+    const others = otherLoad(cpu0, cpuSnapshot()).othersCores;
     for (const [key, s] of timer.series) {
       this.add({
         group: spec.name,
@@ -161,9 +196,10 @@ export class BenchContext {
         kind: 'time',
         samples: s.samples,
         opsPerSample: s.ops,
+        ...(others === null ? {} : { othersCores: others }),
       });
     }
-    this.options.log(`  ${spec.name}: done in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    this.options.log(`  ${spec.name}: done in ${((Date.now() - started) / 1000).toFixed(1)} s; other processes used ${others ?? '?'} cores meanwhile`);
   }
 
   /** Records a deterministic reading (memory), one sample. */
@@ -197,12 +233,41 @@ export class BenchContext {
     return m;
   }
 
-  /** Attaches a target to a recorded measurement; pass = median <= target. */
+  /**
+   * Per-repetition ratios numerator[i] / denominator[i] of two time series recorded in the same
+   * repetitions of one group (sample i of each comes from repetition i, run round-robin), so that
+   * noise that hits one repetition hits both sides. median/min/max are of those ratios. Skipped if
+   * either is missing (filtered).
+   */
+  pairedRatio(group: string, name: string, numerator: string, denominator: string, note?: string): Measurement | null {
+    const a = this.byName.get(numerator);
+    const b = this.byName.get(denominator);
+    if (!a || !b) return null;
+    if (a.samples.length !== b.samples.length) throw new Error(`bench: paired ratio '${name}' of series with different sample counts`);
+    return this.add({
+      group,
+      name,
+      unit: 'x',
+      kind: 'paired',
+      samples: a.samples.map((v, i) => v / b.samples[i]!),
+      opsPerSample: 1,
+      note: note ?? `per repetition: (${numerator}) / (${denominator}); median, min and max of those ratios`,
+    });
+  }
+
+  /** A recorded time series converted sample by sample, e.g. ns/MiB -> GB/s. */
+  derived(group: string, name: string, unit: string, source: string, f: (sample: number) => number, note?: string): Measurement | null {
+    const a = this.byName.get(source);
+    if (!a) return null;
+    return this.add({ group, name, unit, kind: 'derived', samples: a.samples.map(f), opsPerSample: a.opsPerSample, note: note ?? `from (${source})` });
+  }
+
+  /** Attaches a target to a recorded measurement; pass = its median meets the target. */
   target(name: string, target: Target): void {
     const m = this.byName.get(name);
     if (!m) return;
     m.target = target;
-    m.pass = m.median <= target.max;
+    m.pass = meets(m.median, target);
   }
 
   get(name: string): Measurement | undefined {
@@ -219,7 +284,7 @@ export class BenchContext {
       min: Math.min(...samples),
       max: Math.max(...samples),
     };
-    if (m.target) m.pass = m.median <= m.target.max;
+    if (m.target) m.pass = meets(m.median, m.target);
     this.push(m);
     return m;
   }

@@ -1,5 +1,6 @@
 /** What the benchmark ran on, recorded with every run (the numbers mean nothing without it). */
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, platform, release, totalmem } from 'node:os';
 
 export interface MachineInfo {
@@ -13,6 +14,8 @@ export interface MachineInfo {
   /** 1-minute load average when the run started: > 0.5 on 2 cores means someone else was busy. */
   loadavg1: number;
   date: string;
+  /** The code measured: HEAD, and how many files under src/ and workers/ differ from it (0 = clean). */
+  git: { commit: string; changedFiles: number } | null;
 }
 
 function lscpuModel(): string | null {
@@ -20,6 +23,17 @@ function lscpuModel(): string | null {
     const out = execFileSync('lscpu', { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 2000 });
     const m = /^Model name:\s*(.+)$/m.exec(out);
     return m ? m[1]!.trim() : null;
+  } catch {
+    return null;
+  }
+}
+
+function gitState(): MachineInfo['git'] {
+  try {
+    const run = (args: string[]) => execFileSync('git', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 });
+    const commit = run(['rev-parse', '--short', 'HEAD']).trim();
+    const changed = run(['status', '--porcelain', '--', 'src', 'workers']).split('\n').filter((l) => l.trim() !== '').length;
+    return { commit, changedFiles: changed };
   } catch {
     return null;
   }
@@ -35,5 +49,57 @@ export function machineInfo(): MachineInfo {
     memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
     loadavg1: Math.round(loadavg()[0]! * 100) / 100,
     date: new Date().toISOString(),
+    git: gitState(),
+  };
+}
+
+/** A reading of the machine's CPU time (all processes) and of this process's (all its threads). */
+export interface CpuSnapshot {
+  /** Busy time of every CPU, from /proc/stat, in seconds (null where /proc/stat is unreadable). */
+  busy: number | null;
+  /** Time the hypervisor ran something else on our vCPUs ("steal"), in seconds. */
+  steal: number | null;
+  /** user + system time of this process (all threads, and children it waited for), in seconds. */
+  own: number;
+  wall: number;
+}
+
+/** USER_HZ: the unit of /proc/stat on Linux. */
+const CLOCK_TICKS = 100;
+
+export function cpuSnapshot(): CpuSnapshot {
+  const u = process.cpuUsage();
+  let own = (u.user + u.system) / 1e6;
+  try {
+    // Plus the children we waited for (the core suite's alloc-probe): cutime and cstime of /proc/self/stat.
+    const stat = readFileSync('/proc/self/stat', 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    own += (Number(f[13]) + Number(f[14])) / CLOCK_TICKS;
+  } catch {
+    // not Linux: children are counted as other processes
+  }
+  const wall = Number(process.hrtime.bigint()) / 1e9;
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
+    // cpu  user nice system idle iowait irq softirq steal guest guest_nice
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    const busy = (f[0]! + f[1]! + f[2]! + f[5]! + f[6]!) / CLOCK_TICKS;
+    return { busy, steal: (f[7] ?? 0) / CLOCK_TICKS, own, wall };
+  } catch {
+    return { busy: null, steal: null, own, wall };
+  }
+}
+
+/**
+ * How busy the machine was between two snapshots besides this process, in cores on average
+ * (0 = nobody else; 1 = one whole core taken), and the hypervisor's steal in cores.
+ */
+export function otherLoad(a: CpuSnapshot, b: CpuSnapshot): { othersCores: number | null; stealCores: number | null } {
+  const wall = b.wall - a.wall;
+  if (a.busy === null || b.busy === null || wall <= 0) return { othersCores: null, stealCores: null };
+  const round = (x: number) => Math.round(x * 100) / 100;
+  return {
+    othersCores: round(Math.max(0, b.busy - a.busy - (b.own - a.own)) / wall),
+    stealCores: round((b.steal! - a.steal!) / wall),
   };
 }

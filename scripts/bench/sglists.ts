@@ -64,3 +64,24 @@ export function countRuns(phys: Float64Array, length = PAGE): number {
   for (let i = 1; i < phys.length; i++) if (phys[i] !== phys[i - 1]! + length) runs++;
   return runs;
 }
+
+/** 2 MiB: the level-2 block size of the 4K granule. */
+export const RUN_2M = 2 * 2 ** 20;
+
+/**
+ * `pages` 4K entries in runs of 512 (2 MiB physically contiguous each), every run at a distinct,
+ * random, 2M-aligned physical address with no two runs adjacent (only even 2M frames are drawn), so
+ * map_sg forms exactly pages / 512 runs; mapped at a 2M-aligned IOVA each run can be one 2M block.
+ */
+export function mixedPhys(pages: number, physBase: number, seed: number, frameBits = 16): Float64Array {
+  const perRun = RUN_2M / PAGE;
+  if (pages % perRun !== 0) throw new Error('bench: mixed list must be whole 2 MiB runs');
+  const runs = scatteredPhys(pages / perRun, 0, seed, frameBits);
+  const phys = new Float64Array(pages);
+  for (let r = 0; r < runs.length; r++) {
+    // scatteredPhys drew even frame k as 2 * k * PAGE; reuse k as an even 2M frame.
+    const base = physBase + (runs[r]! / PAGE) * RUN_2M;
+    for (let i = 0; i < perRun; i++) phys[r * perRun + i] = base + i * PAGE;
+  }
+  return phys;
+}

@@ -35,8 +35,8 @@ import { inSharedMemory, type SgView } from './sg.js';
  */
 export const PARALLEL_MIN_PAGES = 65536;
 export const MIN_CHUNK_PAGES = 16384;
-/** Chunks per thread: a little more than one, so a slow thread does not hold everyone up. */
-const CHUNKS_PER_THREAD = 2;
+/** One chunk per thread: a second batch costs another round trip through the main thread (measured: 1.60x -> 1.76x on scattered map_sg, docs/performance.md). */
+const CHUNKS_PER_THREAD = 1;
 const JOURNAL_CAP = 1 << 16;
 
 /** What the parallel engine needs of a domain. */

@@ -256,7 +256,7 @@ test.serial('a worker dying in one call while another big call runs: EIO for the
   const la = bigList('runs', runSegs(N + 300, K4, M2, A, 0xa1));
   const lb = bigList('mixed', mixedSegs(N + 300, K4, M2, B, 0xb1));
   t.true(A + la.bytes < B);
-  for (const chunk of [0, 1, 3]) {
+  for (const chunk of [0, 1]) { // chunk indices that exist whatever the chunk count (one per worker, at least 2)
     const dom = iommu.allocDomain();
     await dom.map(A - K4, 2 ** 44, K4, RW);
     const ref = inline.allocDomain();
