@@ -220,10 +220,3 @@ function runEnd(pairs: Float64Array, i: number, n: number, end: number): number 
   }
   return i;
 }
-
-/** Total bytes of [phys, length] pairs. */
-export function sgBytes(pairs: Float64Array): number {
-  let size = 0;
-  for (let i = 1; i < pairs.length; i += 2) size += pairs[i]!;
-  return size;
-}

@@ -42,8 +42,3 @@ export class PgsizeChooser {
     return pgsize;
   }
 }
-
-/** `value` is a multiple of the power of two `size` (exact for any integer below 2^53). */
-export function aligned(value: number, size: number): boolean {
-  return Math.floor(value / size) * size === value;
-}

@@ -8,6 +8,9 @@ import type { ExecutionContext } from 'ava';
 import { Iommu, SgTable, type Domain, type InvalidationCommand } from '../../src/index.js';
 import { PARALLEL_MIN_PAGES } from '../../src/core/parallel.js';
 import { leafDescriptor, leavesFor } from './reference.js';
+import { rng } from './rng.js';
+
+export { rng };
 
 export { PARALLEL_MIN_PAGES };
 
@@ -22,17 +25,7 @@ export async function makeIommu(t: ExecutionContext, workers: number, tableMemor
   return iommu;
 }
 
-/** mulberry32: a small seeded generator, so every list is the same on every run. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
+
 
 /** An integer in [lo, hi]. */
 export function randInt(r: () => number, lo: number, hi: number): number {

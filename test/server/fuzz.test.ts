@@ -8,6 +8,7 @@ import { IommudClient } from '../../src/client/index.js';
 import { encodeValue, OP_NAMES, OPS, type ArgSpec } from '../../src/protocol/index.js';
 import { startDaemon, type RunningDaemon } from './daemon.js';
 import { encodeForeign, RawConn } from './wire.js';
+import { rng } from '../helpers/rng.js';
 
 const SEED = 0xf022;
 /** Ops for well-typed requests, weighted towards the ones that change and read mappings. */
@@ -15,14 +16,6 @@ const PLAUSIBLE_OPS = ['map', 'map', 'map', 'unmap', 'map_sg', 'map_sg', 'unmap_
   'translate', 'translate', 'iotlb_sync', 'flush_iotlb_all', 'domain_alloc', 'stats'] as const;
 const FRAMES = 3000;
 
-function mulberry32(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 let daemon: RunningDaemon;
 test.before(async () => {
@@ -34,7 +27,7 @@ test.after.always(async () => {
 });
 
 test(`${FRAMES} random frames (seed ${SEED}): one answer each, no internal error, then a full scenario works`, async (t) => {
-  const rand = mulberry32(SEED);
+  const rand = rng(SEED);
   const int = (n: number): number => Math.floor(rand() * n);
   const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
   const ARG_NAMES = ['domain', 'iova', 'paddr', 'size', 'prot', 'sg', 'device', 'access', 'defer_invalidate', 'format',

@@ -7,6 +7,7 @@ import test from 'ava';
 import { Iommu, IommuError, Prot, type Domain } from '../../src/index.js';
 import { startDaemon, type RunningDaemon } from './daemon.js';
 import { RawConn, type WireResponse } from './wire.js';
+import { rng } from '../helpers/rng.js';
 
 let daemon: RunningDaemon;
 test.before(async () => {
@@ -22,14 +23,6 @@ const GiB = 2 ** 30;
 /** 65536 pages of 4 KiB: large enough that the engine splits the call over its worker threads. */
 const BIG = 256 * MiB;
 
-function mulberry32(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 test('map, unmap, map of one range pipelined through the worker pool take effect in order', async (t) => {
   const c = await RawConn.open(daemon.socket);
@@ -69,7 +62,7 @@ test('a deferred unmap_sg, iotlb_sync and translate pipelined: the sync covers t
 });
 
 test('a random pipelined sequence gives exactly the answers of the library run one call at a time', async (t) => {
-  const rand = mulberry32(0x5eed);
+  const rand = rng(0x5eed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
   type Req = Record<string, unknown> & { op: string };
   const requests: Req[] = [];
