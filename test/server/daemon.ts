@@ -1,6 +1,7 @@
 /**
  * Starts the daemon as a user does — `node dist/src/cli/main.js serve --socket <path>` in a child
- * process — and waits for its `iommud listening on ...` line.
+ * process — and waits for its `iommud listening on ...` line. startProcess does the same for any
+ * program that prints a ready line (the example HTTP server).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -15,17 +16,11 @@ export interface Exit {
   signal: NodeJS.Signals | null;
 }
 
-export interface RunningDaemon {
-  proc: ChildProcess;
+export interface RunningDaemon extends RunningProcess {
   /** What follows "iommud listening on ". */
   address: string;
   /** The Unix socket path, when it listens on one. */
   socket: string;
-  stdout: () => string;
-  stderr: () => string;
-  exited: Promise<Exit>;
-  /** Sends the signal (default SIGTERM) and waits for the exit. */
-  stop(signal?: NodeJS.Signals): Promise<Exit>;
 }
 
 const tempDirs: string[] = [];
@@ -63,9 +58,19 @@ export function runCli(args: string[], env?: NodeJS.ProcessEnv): Promise<Exit & 
   });
 }
 
-export function startDaemon(args: string[] = [], options: StartOptions = {}): Promise<RunningDaemon> {
-  const socket = options.noSocketArg ? '' : (options.socket ?? tempSocketPath());
-  const argv = [MAIN_JS, 'serve', ...(options.noSocketArg ? [] : ['--socket', socket]), '--log-level', 'warn', ...args];
+export interface RunningProcess {
+  proc: ChildProcess;
+  /** The ready line's match. */
+  ready: RegExpExecArray;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<Exit>;
+  /** Sends the signal (default SIGTERM) and waits for the exit. */
+  stop(signal?: NodeJS.Signals): Promise<Exit>;
+}
+
+/** Starts `node ...argv` and resolves once its stdout matches `ready` (the process's "listening" line). */
+export function startProcess(argv: string[], ready: RegExp, options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunningProcess> {
   const proc = spawn(process.execPath, argv, { env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
@@ -74,18 +79,16 @@ export function startDaemon(args: string[] = [], options: StartOptions = {}): Pr
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       proc.kill('SIGKILL');
-      reject(new Error(`the daemon did not print its listening line in time; stderr:\n${stderr}`));
+      reject(new Error(`${argv[0]} did not print its ready line in time; stderr:\n${stderr}`));
     }, options.timeoutMs ?? 20_000);
     proc.stdout.on('data', (c: Buffer) => {
       stdout += c.toString();
-      const m = /^iommud listening on (.+)$/m.exec(stdout);
+      const m = ready.exec(stdout);
       if (m) {
         clearTimeout(timer);
-        const address = m[1]!;
         resolve({
           proc,
-          address,
-          socket: socket || (address.startsWith('/') ? address.split(' and ')[0]! : ''),
+          ready: m,
           stdout: () => stdout,
           stderr: () => stderr,
           exited,
@@ -98,7 +101,15 @@ export function startDaemon(args: string[] = [], options: StartOptions = {}): Pr
     });
     void exited.then((e) => {
       clearTimeout(timer);
-      reject(new Error(`the daemon exited (${e.code ?? e.signal}) before listening; stderr:\n${stderr}`));
+      reject(new Error(`${argv[0]} exited (${e.code ?? e.signal}) before it was ready; stderr:\n${stderr}`));
     });
   });
+}
+
+export async function startDaemon(args: string[] = [], options: StartOptions = {}): Promise<RunningDaemon> {
+  const socket = options.noSocketArg ? '' : (options.socket ?? tempSocketPath());
+  const argv = [MAIN_JS, 'serve', ...(options.noSocketArg ? [] : ['--socket', socket]), '--log-level', 'warn', ...args];
+  const running = await startProcess(argv, /^iommud listening on (.+)$/m, options);
+  const address = running.ready[1]!;
+  return { ...running, address, socket: socket || (address.startsWith('/') ? address.split(' and ')[0]! : '') };
 }
