@@ -14,6 +14,9 @@ export interface TableSpec {
   root: number;
   pgsizeBitmap: number;
   dirtyTracking: boolean;
+  /** The domain's table account slot (its IOTLB tag) and budget (NO_BUDGET for none). */
+  tag: number;
+  budget: number;
 }
 
 /** Test-only: make the worker die or throw once it has done `afterBytes` of its chunk. */

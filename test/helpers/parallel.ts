@@ -254,10 +254,10 @@ export function recordSyncs(iommu: Iommu): InvalidationCommand[][] {
   const batches: InvalidationCommand[][] = [];
   const iotlb = iommu.iotlb;
   const sync = iotlb.sync.bind(iotlb);
-  iotlb.sync = (tag, gather) => {
+  iotlb.sync = (owner, gather) => {
     gather.close();
     batches.push(gather.commands.map((c) => ({ ...c })));
-    sync(tag, gather);
+    sync(owner, gather);
   };
   return batches;
 }
