@@ -153,7 +153,7 @@ export class Domain implements DomainTables {
     if (par && size / this.minPgsize >= PARALLEL_MIN_PAGES) {
       await this.exclusive(iova, iova + size, () =>
         this.whileMapping(iova, iova + size, async () => {
-          const out = await par.map(this, iova, paddr, size, prot);
+          const out = await par.runMap(this, iova, par.planMap(this, iova, paddr, size, prot));
           this.finishMap(iova, out.mapped, out.logs, out.error, out.failedAt, false);
         }),
       );
@@ -186,11 +186,11 @@ export class Domain implements DomainTables {
     const n = pairs.length / 2;
     const par = this.host.parallel;
     if (par && n >= PARALLEL_MIN_PAGES) {
-      const tasks = par.planSg(this, iova, view, prot);
+      const plan = par.planSg(iova, view, prot);
       const end = iova + view.index.bytes;
       return this.exclusive(iova, end, () =>
         this.whileMapping(iova, end, async () => {
-          const out = await par.runMapTasks(this, iova, tasks);
+          const out = await par.runMap(this, iova, plan);
           this.finishMap(iova, out.mapped, out.logs, out.error, out.failedAt, defer);
           return out.mapped;
         }),
@@ -491,7 +491,7 @@ export class Domain implements DomainTables {
       return unmapped;
     };
     const par = this.host.parallel;
-    if (par && size / this.minPgsize >= PARALLEL_MIN_PAGES) {
+    if (par && par.unmapsOnPool && size / this.minPgsize >= PARALLEL_MIN_PAGES) {
       return this.exclusive(iova, iova + size, async () => {
         const { unmapped, gather } = await par.unmap(this, iova, size);
         return finish(unmapped, gather);

@@ -22,6 +22,12 @@ export interface IommuOptions {
   workers?: number;
   /** Ceiling of page-table memory, in bytes (shared memory, grown on demand). Default 1 GiB. */
   tableMemoryBytes?: number;
+  /**
+   * The calling thread maps a share of a big parallel call itself, instead of waiting for the pool:
+   * faster (one helper fewer to wake), but the caller's event loop is busy meanwhile. Default true;
+   * the daemon sets it false so a big map_sg never stalls other connections.
+   */
+  callerRuns?: boolean;
   /** Leaf entries the IOTLB holds (and as many walk entries). Default 4096. */
   iotlbEntries?: number;
   /** Cost model: modelled ns per invalidation batch and per command (stats().iotlb.modelledNs). */
@@ -36,7 +42,7 @@ export interface IommuStats {
   faults: Record<FaultReason, number> & { total: number };
 }
 
-const IOMMU_OPTIONS = ['workers', 'tableMemoryBytes', 'iotlbEntries', 'invalidationCost'] as const;
+const IOMMU_OPTIONS = ['workers', 'tableMemoryBytes', 'iotlbEntries', 'invalidationCost', 'callerRuns'] as const;
 const DOMAIN_OPTIONS = ['format', 'granule', 'ias', 'oas', 'pgsizeBitmap', 'invalidateOnMap', 'dirtyTracking', 'tableBudget'] as const;
 /** Domain tags are IOTLB key prefixes and table-account slots: small, and recycled when a domain is freed. */
 const MAX_DOMAINS = MAX_DOMAIN_TAGS;
@@ -67,18 +73,19 @@ export class Iommu implements DomainHost {
     if (iotlbEntries < 1) throw new IommuError('EINVAL', 'iotlbEntries must be at least 1');
     const cost = checkCost(o.invalidationCost);
     if (!LITTLE_ENDIAN) throw new IommuError('ENODEV', 'iommud needs a little-endian machine: descriptors are little-endian words');
-    const iommu = new Iommu(TableMemory.create(tableMemoryBytes), workers, iotlbEntries);
+    const callerRuns = o.callerRuns === undefined ? true : checkBoolean('callerRuns', o.callerRuns);
+    const iommu = new Iommu(TableMemory.create(tableMemoryBytes), workers, iotlbEntries, callerRuns);
     if (cost) iommu.iotlb.setCostModel(cost.perSync, cost.perCommand);
     return iommu;
   }
 
-  private constructor(memory: TableMemory, workers: number, iotlbEntries: number) {
+  private constructor(memory: TableMemory, workers: number, iotlbEntries: number, callerRuns: boolean) {
     this.memory = memory;
     this.iotlb = new Iotlb(memory, iotlbEntries);
     this.devices = new Devices(this.iotlb);
     this.workers = workers;
     this.pool = workers > 0 ? new ChunkPool(workers, memory, this.accounts) : null;
-    this.parallel = this.pool ? new ParallelEngine(this.pool, memory) : null;
+    this.parallel = this.pool ? new ParallelEngine(this.pool, memory, callerRuns) : null;
   }
 
   /** A new, empty domain. */

@@ -424,6 +424,20 @@ export class IoPgtable {
     return true;
   }
 
+  /**
+   * The pages of the subtrees a log says its blocks replaced, as (offset, bytes) pairs: for a log
+   * rebuilt from a journal. The subtrees are unlinked and held by the call, so nothing changes them.
+   */
+  replacedPages(log: MapLog): number[] {
+    const out: number[] = [];
+    const r = log.replaced;
+    for (let i = 0; i < r.length; i += 4) {
+      splitDouble(r[i + 1]!);
+      this.collectTables(tableOffsetOf(splitLo(), this.geo.granule), this.geo.levelOfPgsize(r[i + 3]!) + 1, out);
+    }
+    return out;
+  }
+
   /** Every table page of this domain, root included, as (offset, bytes) pairs. */
   allTables(): number[] {
     const out: number[] = [];
