@@ -5,6 +5,7 @@
 export { Iommu } from './core/iommu.js';
 export type { IommuOptions, IommuStats } from './core/iommu.js';
 export { Domain } from './core/domain.js';
+export { TableBudget } from './core/budget.js';
 export type { DomainOptions, SgOptions, DirtyOptions, PageTableInfo, LookupResult } from './core/domain.js';
 export { FaultError } from './core/devices.js';
 export type { Access, DeviceFault, FaultListener, FaultReason } from './core/devices.js';

@@ -5,25 +5,29 @@
  * memory's allocator lock.
  */
 import { threadId, workerData } from 'node:worker_threads';
+import { MapCall } from '../src/core/mapcall.js';
 import { MapLoop } from '../src/core/maploop.js';
 import { Gather } from '../src/iotlb/gather.js';
+import { TableAccounts, TableOwner } from '../src/pgtable/account.js';
 import { LpaeGeometry } from '../src/pgtable/format.js';
-import { J, MapLog } from '../src/pgtable/maplog.js';
 import { TableMemory } from '../src/pgtable/memory.js';
 import { IoPgtable, WalkMode } from '../src/pgtable/pgtable.js';
-import type { ChunkTask, FaultSpec, MapResult, ScanResult, TableSpec } from '../src/pool/tasks.js';
+import type { PoolData } from '../src/pool/pool.js';
+import type { ChunkTask, FaultSpec, ScanResult, TableSpec } from '../src/pool/tasks.js';
 
-const memory = new TableMemory((workerData as { memory: SharedArrayBuffer }).memory);
+const data = workerData as PoolData;
+const memory = new TableMemory(data.memory);
+const accounts = new TableAccounts(data.accounts);
 
 /** Walkers by domain, rebuilt only when a new domain (or a reused root) shows up. */
 const loops = new Map<string, MapLoop>();
 
 function loopFor(t: TableSpec): MapLoop {
-  const key = `${t.root}/${t.format}/${t.granule}/${t.ias}/${t.oas}/${t.pgsizeBitmap}/${t.dirtyTracking}`;
+  const key = `${t.root}/${t.format}/${t.granule}/${t.ias}/${t.oas}/${t.pgsizeBitmap}/${t.dirtyTracking}/${t.tag}/${t.budget}`;
   let loop = loops.get(key);
   if (!loop) {
     const geo = new LpaeGeometry({ format: t.format, granule: t.granule, ias: t.ias, oas: t.oas, dirtyTracking: t.dirtyTracking });
-    loop = new MapLoop(new IoPgtable(geo, memory, t.root), t.pgsizeBitmap);
+    loop = new MapLoop(new IoPgtable(geo, memory, t.root, new TableOwner(accounts, t.tag, t.budget)), t.pgsizeBitmap);
     if (loops.size > 256) loops.clear();
     loops.set(key, loop);
   }
@@ -37,29 +41,12 @@ function injectFault(f: FaultSpec): () => void {
   };
 }
 
-function map(task: Extract<ChunkTask, { kind: 'map' }>): MapResult {
-  const loop = loopFor(task.table);
-  const journal = new Float64Array(task.journal);
-  journal[task.journalOffset + J.ThreadId] = threadId;
-  const log = new MapLog(task.spanStart, journal, task.journalOffset);
-  if (task.fault) {
-    log.faultAfter = task.fault.afterBytes;
-    log.onFault = injectFault(task.fault);
-  }
-  const pairs = new Float64Array(task.sg);
-  const done = loop.mapChunk(pairs, task.first, task.end, task.spanStart, task.spanEnd, task.head, task.tail, task.prot, log);
-  return {
-    ok: done >= 0,
-    error: done >= 0 ? 0 : loop.error,
-    errorIova: loop.errorIova,
-    errorPaddr: loop.errorPaddr,
-    errorSize: loop.errorSize,
-    base: log.base,
-    written: log.written,
-    installed: log.installed,
-    replaced: log.replaced,
-    replacedPages: log.replacedPages,
-  };
+/** Takes chunks of a parallel map until none is left (the caller and the other helpers do too). */
+function map(task: Extract<ChunkTask, { kind: 'map' }>): number {
+  const call = new MapCall(task.call);
+  const f = task.fault;
+  const fault = f ? { chunk: f.chunk, afterBytes: f.afterBytes, trip: injectFault(f) } : null;
+  return call.runClaimed(loopFor(task.table), new Float64Array(task.sg), task.prot, task.helper, threadId, fault);
 }
 
 /** A gather that can also trip an injected fault once enough bytes went through it. */
@@ -89,7 +76,7 @@ function clear(task: Extract<ChunkTask, { kind: 'clear' }>): number {
   return pt.walkEnd;
 }
 
-export default function run(task: ChunkTask): MapResult | ScanResult | number {
+export default function run(task: ChunkTask): ScanResult | number {
   switch (task.kind) {
     case 'map':
       return map(task);

@@ -15,12 +15,14 @@ import {
   type Granule,
   type LpaeGeometry,
 } from '../pgtable/format.js';
+import type { TableOwner } from '../pgtable/account.js';
 import type { TableMemory } from '../pgtable/memory.js';
 import { IoPgtable, MapLog } from '../pgtable/pgtable.js';
 import { checkAddress, checkBoolean, checkOptions, hex } from '../util/args.js';
 import { MapError, MapLoop } from './maploop.js';
 import { PARALLEL_MIN_PAGES, type DomainTables, type ParallelEngine } from './parallel.js';
 import { RangeLock } from './rangelock.js';
+import type { TableBudget } from './budget.js';
 import type { TableSpec } from '../pool/tasks.js';
 import { checkProt } from './prot.js';
 import { sgView, type SgList } from './sg.js';
@@ -34,6 +36,8 @@ export interface DomainOptions {
   invalidateOnMap?: boolean;
   /** Stage 1 only: track device writes in the descriptors (DBM), read with readAndClearDirty(). */
   dirtyTracking?: boolean;
+  /** Draw table pages from this budget (Iommu.createTableBudget): beyond it, maps fail ENOMEM. */
+  tableBudget?: TableBudget;
 }
 
 export interface DirtyOptions {
@@ -82,6 +86,8 @@ export class Domain implements DomainTables {
   readonly pgsizeBitmap: number;
   readonly invalidateOnMap: boolean;
   readonly geometry: LpaeGeometry;
+  /** The budget its table pages are drawn from, if any. */
+  readonly tableBudget: TableBudget | null;
   /** @internal Small number tagging this domain's IOTLB entries (recycled after free). */
   readonly tag: number;
   /** @internal Leaf sizes of the bitmap (smallest first) and their levels, for IOTLB lookups. */
@@ -107,10 +113,20 @@ export class Domain implements DomainTables {
   private freed = false;
 
   /** @internal Use Iommu.allocDomain(). */
-  constructor(host: DomainHost, id: number, tag: number, geometry: LpaeGeometry, root: number, pgsizeBitmap: number, invalidateOnMap: boolean) {
+  constructor(
+    host: DomainHost,
+    id: number,
+    owner: TableOwner,
+    geometry: LpaeGeometry,
+    root: number,
+    pgsizeBitmap: number,
+    invalidateOnMap: boolean,
+    tableBudget: TableBudget | null,
+  ) {
     this.host = host;
     this.id = id;
-    this.tag = tag;
+    this.tag = owner.tag;
+    this.tableBudget = tableBudget;
     const sizes: number[] = [];
     for (let l = 3; l >= geometry.startLevel; l--) if (pgsizeBitmap & geometry.blockSize(l)) sizes.push(geometry.blockSize(l));
     this.leafSizes = sizes;
@@ -118,7 +134,7 @@ export class Domain implements DomainTables {
     this.geometry = geometry;
     this.pgsizeBitmap = pgsizeBitmap;
     this.invalidateOnMap = invalidateOnMap;
-    this.pgtable = new IoPgtable(geometry, host.memory, root);
+    this.pgtable = new IoPgtable(geometry, host.memory, root, owner);
     this.loop = new MapLoop(this.pgtable, pgsizeBitmap);
     this.minPgsize = this.loop.minPgsize;
   }
@@ -137,7 +153,7 @@ export class Domain implements DomainTables {
     if (par && size / this.minPgsize >= PARALLEL_MIN_PAGES) {
       await this.exclusive(iova, iova + size, () =>
         this.whileMapping(iova, iova + size, async () => {
-          const out = await par.map(this, iova, paddr, size, prot);
+          const out = await par.runMap(this, iova, par.planMap(this, iova, paddr, size, prot));
           this.finishMap(iova, out.mapped, out.logs, out.error, out.failedAt, false);
         }),
       );
@@ -170,11 +186,11 @@ export class Domain implements DomainTables {
     const n = pairs.length / 2;
     const par = this.host.parallel;
     if (par && n >= PARALLEL_MIN_PAGES) {
-      const tasks = par.planSg(this, iova, view, prot);
+      const plan = par.planSg(iova, view, prot);
       const end = iova + view.index.bytes;
       return this.exclusive(iova, end, () =>
         this.whileMapping(iova, end, async () => {
-          const out = await par.runMapTasks(this, iova, tasks);
+          const out = await par.runMap(this, iova, plan);
           this.finishMap(iova, out.mapped, out.logs, out.error, out.failedAt, defer);
           return out.mapped;
         }),
@@ -309,7 +325,27 @@ export class Domain implements DomainTables {
   /** @internal What a worker needs to rebuild this domain's walker. */
   get spec(): TableSpec {
     const g = this.geometry;
-    return { format: g.format, granule: g.granule as Granule, ias: g.ias, oas: g.oas, root: this.pgtable.root, pgsizeBitmap: this.pgsizeBitmap, dirtyTracking: g.dirtyTracking };
+    const { root, owner } = this.pgtable;
+    return {
+      format: g.format,
+      granule: g.granule as Granule,
+      ias: g.ias,
+      oas: g.oas,
+      root,
+      pgsizeBitmap: this.pgsizeBitmap,
+      dirtyTracking: g.dirtyTracking,
+      tag: owner.tag,
+      budget: owner.budget,
+    };
+  }
+
+  /**
+   * The page-table memory this domain holds, in bytes: its root and every table below, and tables it
+   * unlinked that wait for an invalidation before they are freed.
+   */
+  get tableBytes(): number {
+    // A freed domain's tag (and account slot) may already be another domain's.
+    return this.freed ? 0 : this.pgtable.owner.accounts.domainBytes(this.tag);
   }
 
   /** Frees the domain: detaches its devices and returns every table page. */
@@ -318,10 +354,10 @@ export class Domain implements DomainTables {
     if (!this.lock.idle || this.inflight > 0) throw new IommuError('EBUSY', `domain ${this.id} has calls in flight`);
     this.freed = true;
     const mem = this.host.memory;
-    const pages = this.pgtable.allTables();
-    for (let i = 0; i < pages.length; i += 2) mem.free(pages[i]!, pages[i + 1]!);
+    const owner = this.pgtable.owner;
+    owner.freePages(mem, this.pgtable.allTables());
     for (const g of [this.deferred, this.pendingWalks]) {
-      for (let i = 0; i < g.freePages.length; i += 2) mem.free(g.freePages[i]!, g.freePages[i + 1]!);
+      owner.freePages(mem, g.freePages);
       g.reset();
     }
     this.host.domainFreed(this);
@@ -355,7 +391,7 @@ export class Domain implements DomainTables {
         const gather = new Gather();
         gather.addRange(iova, failedAt - iova);
         // Not issue(): a failed call changes nothing else, not even when pending pages are freed.
-        this.host.iotlb.sync(this.tag, gather);
+        this.host.iotlb.sync(this.pgtable.owner, gather);
       }
       throw error;
     }
@@ -429,7 +465,7 @@ export class Domain implements DomainTables {
    */
   private issue(gather: Gather): void {
     gather.append(this.pendingWalks);
-    this.host.iotlb.sync(this.tag, gather);
+    this.host.iotlb.sync(this.pgtable.owner, gather);
   }
 
   /** Frees the tables that failed calls installed and could not free while others were in flight. */
@@ -455,7 +491,7 @@ export class Domain implements DomainTables {
       return unmapped;
     };
     const par = this.host.parallel;
-    if (par && size / this.minPgsize >= PARALLEL_MIN_PAGES) {
+    if (par && par.unmapsOnPool && size / this.minPgsize >= PARALLEL_MIN_PAGES) {
       return this.exclusive(iova, iova + size, async () => {
         const { unmapped, gather } = await par.unmap(this, iova, size);
         return finish(unmapped, gather);

@@ -7,9 +7,11 @@ import { IommuError } from '../errors/errors.js';
 import type { IotlbStats } from '../iotlb/iotlb.js';
 import { Iotlb } from '../iotlb/iotlb.js';
 import { checkFormatConfig, LITTLE_ENDIAN, LpaeGeometry } from '../pgtable/format.js';
+import { MAX_DOMAIN_TAGS, NO_BUDGET, TableAccounts, TableOwner } from '../pgtable/account.js';
 import { TableMemory } from '../pgtable/memory.js';
 import { IoPgtable } from '../pgtable/pgtable.js';
 import { checkAddress, checkBoolean, checkCount, checkOptions, hex } from '../util/args.js';
+import { TableBudget } from './budget.js';
 import { Domain, type DomainHost, type DomainOptions } from './domain.js';
 import { ParallelEngine } from './parallel.js';
 import { Devices, type Access, type DeviceFault, type FaultListener, type FaultReason } from './devices.js';
@@ -20,6 +22,12 @@ export interface IommuOptions {
   workers?: number;
   /** Ceiling of page-table memory, in bytes (shared memory, grown on demand). Default 1 GiB. */
   tableMemoryBytes?: number;
+  /**
+   * The calling thread maps a share of a big parallel call itself, instead of waiting for the pool:
+   * faster (one helper fewer to wake), but the caller's event loop is busy meanwhile. Default true;
+   * the daemon sets it false so a big map_sg never stalls other connections.
+   */
+  callerRuns?: boolean;
   /** Leaf entries the IOTLB holds (and as many walk entries). Default 4096. */
   iotlbEntries?: number;
   /** Cost model: modelled ns per invalidation batch and per command (stats().iotlb.modelledNs). */
@@ -34,16 +42,18 @@ export interface IommuStats {
   faults: Record<FaultReason, number> & { total: number };
 }
 
-const IOMMU_OPTIONS = ['workers', 'tableMemoryBytes', 'iotlbEntries', 'invalidationCost'] as const;
-const DOMAIN_OPTIONS = ['format', 'granule', 'ias', 'oas', 'pgsizeBitmap', 'invalidateOnMap', 'dirtyTracking'] as const;
-/** Domain tags are IOTLB key prefixes: small, and recycled when a domain is freed. */
-const MAX_DOMAINS = 2 ** 15;
+const IOMMU_OPTIONS = ['workers', 'tableMemoryBytes', 'iotlbEntries', 'invalidationCost', 'callerRuns'] as const;
+const DOMAIN_OPTIONS = ['format', 'granule', 'ias', 'oas', 'pgsizeBitmap', 'invalidateOnMap', 'dirtyTracking', 'tableBudget'] as const;
+/** Domain tags are IOTLB key prefixes and table-account slots: small, and recycled when a domain is freed. */
+const MAX_DOMAINS = MAX_DOMAIN_TAGS;
 
 export class Iommu implements DomainHost {
   /** @internal */
   readonly memory: TableMemory;
   /** @internal */
   readonly iotlb: Iotlb;
+  /** @internal Table memory held by each domain and budget. */
+  readonly accounts = TableAccounts.create();
   readonly workers: number;
   /** @internal The worker pool's side of big calls; null with workers: 0. */
   readonly parallel: ParallelEngine | null;
@@ -63,18 +73,19 @@ export class Iommu implements DomainHost {
     if (iotlbEntries < 1) throw new IommuError('EINVAL', 'iotlbEntries must be at least 1');
     const cost = checkCost(o.invalidationCost);
     if (!LITTLE_ENDIAN) throw new IommuError('ENODEV', 'iommud needs a little-endian machine: descriptors are little-endian words');
-    const iommu = new Iommu(TableMemory.create(tableMemoryBytes), workers, iotlbEntries);
+    const callerRuns = o.callerRuns === undefined ? true : checkBoolean('callerRuns', o.callerRuns);
+    const iommu = new Iommu(TableMemory.create(tableMemoryBytes), workers, iotlbEntries, callerRuns);
     if (cost) iommu.iotlb.setCostModel(cost.perSync, cost.perCommand);
     return iommu;
   }
 
-  private constructor(memory: TableMemory, workers: number, iotlbEntries: number) {
+  private constructor(memory: TableMemory, workers: number, iotlbEntries: number, callerRuns: boolean) {
     this.memory = memory;
     this.iotlb = new Iotlb(memory, iotlbEntries);
     this.devices = new Devices(this.iotlb);
     this.workers = workers;
-    this.pool = workers > 0 ? new ChunkPool(workers, memory) : null;
-    this.parallel = this.pool ? new ParallelEngine(this.pool, memory) : null;
+    this.pool = workers > 0 ? new ChunkPool(workers, memory, this.accounts) : null;
+    this.parallel = this.pool ? new ParallelEngine(this.pool, memory, callerRuns) : null;
   }
 
   /** A new, empty domain. */
@@ -94,15 +105,37 @@ export class Iommu implements DomainHost {
       bitmap = asked;
     }
     const invalidateOnMap = o.invalidateOnMap === undefined ? false : checkBoolean('invalidateOnMap', o.invalidateOnMap);
+    const budget = o.tableBudget === undefined ? null : this.checkBudget(o.tableBudget);
     if (this.freeTags.length === 0 && this.nextTag === MAX_DOMAINS) {
       throw new IommuError('ENOMEM', `at most ${MAX_DOMAINS} domains can exist at once`);
     }
-    const root = IoPgtable.allocRoot(geometry, this.memory);
-    if (root < 0) throw new IommuError('ENOMEM', 'page-table memory exhausted allocating a root table');
     const tag = this.freeTags.pop() ?? this.nextTag++;
-    const domain = new Domain(this, this.nextDomainId++, tag, geometry, root, bitmap, invalidateOnMap);
+    const owner = new TableOwner(this.accounts, tag, budget ? budget.id : NO_BUDGET);
+    const root = IoPgtable.allocRoot(geometry, this.memory, owner);
+    if (root < 0) {
+      this.freeTags.push(tag);
+      throw new IommuError('ENOMEM', `${owner.exhausted(this.memory, geometry.granule)} exhausted allocating a root table`);
+    }
+    const domain = new Domain(this, this.nextDomainId++, owner, geometry, root, bitmap, invalidateOnMap, budget);
+    if (budget) budget.domains++;
     this.domains.set(domain.id, domain);
     return domain;
+  }
+
+  /**
+   * A ceiling on the table memory of the domains allocated with it (allocDomain's `tableBudget`):
+   * a daemon tenant's quota. Rounded down to whole 4 KiB units.
+   */
+  createTableBudget(limitBytes: number): TableBudget {
+    this.checkOpen();
+    return new TableBudget(this.accounts, checkAddress('limitBytes', limitBytes));
+  }
+
+  private checkBudget(value: unknown): TableBudget {
+    if (!(value instanceof TableBudget) || value.isClosed || !value.belongsTo(this.accounts)) {
+      throw new IommuError('EINVAL', 'tableBudget must be an open TableBudget of this Iommu');
+    }
+    return value;
   }
 
   /** Attaches a device (a stream id) to a domain; a device already attached elsewhere moves. */
@@ -169,6 +202,7 @@ export class Iommu implements DomainHost {
     this.devices.detachDomain(domain);
     this.iotlb.dropDomain(domain.tag);
     this.freeTags.push(domain.tag);
+    if (domain.tableBudget) domain.tableBudget.domains--;
   }
 }
 

@@ -171,7 +171,7 @@ export class MapLoop {
       case MapError.Exists:
         return new IommuError('EEXIST', `iova ${hex(iova)} is already mapped`);
       case MapError.NoMem:
-        return new IommuError('ENOMEM', `page-table memory exhausted (limit ${this.pgtable.mem.limitBytes} bytes) mapping iova ${hex(iova)}`);
+        return new IommuError('ENOMEM', `${this.pgtable.owner.exhausted(this.pgtable.mem, geo.granule)} exhausted mapping iova ${hex(iova)}`);
       default:
         return new IommuError('EINVAL', 'no error');
     }

@@ -6,8 +6,10 @@
  * map_sg: the list is cut into chunks of entries. From the list's index (SgIndex) the main thread
  *   finds each chunk's IOVA span and the runs that cross chunk boundaries (a physically contiguous
  *   list is one run across every chunk). Each chunk writes the leaves whose first byte lies in its
- *   span; a crossing run is given whole, so page sizes are chosen exactly as one thread would. Each
- *   chunk keeps its undo log in a journal in shared memory, so even a worker that dies is undone.
+ *   span; a crossing run is given whole, so page sizes are chosen exactly as one thread would. The
+ *   pool's helpers and the caller claim chunks from a shared counter (MapCall), so a call is one
+ *   message per helper. Each chunk keeps its undo log in a journal in shared memory, so even a
+ *   worker that dies is undone.
  *   The call's error is the one a single thread would have met first: the lowest IOVA among the
  *   chunks' errors. On any error every chunk is rolled back.
  *
@@ -17,26 +19,29 @@
  *      cleared again on the main thread (clearing is idempotent), so the call always completes.
  *   The scans' gathers, appended in order, are the gather a single thread would have built.
  */
+import { availableParallelism } from 'node:os';
+import { threadId } from 'node:worker_threads';
 import { IommuError } from '../errors/errors.js';
 import { Gather } from '../iotlb/gather.js';
 import type { LpaeGeometry } from '../pgtable/format.js';
-import { initJournal, J, journalSize, MapLog } from '../pgtable/maplog.js';
+import type { MapLog } from '../pgtable/maplog.js';
 import type { TableMemory } from '../pgtable/memory.js';
 import { WalkMode, type IoPgtable } from '../pgtable/pgtable.js';
 import { WorkerFailure, type ChunkPool } from '../pool/pool.js';
-import type { FaultSpec, MapChunk, MapResult, MapTask, ScanResult, TableSpec } from '../pool/tasks.js';
-import { MapError, MapLoop } from './maploop.js';
+import type { FaultSpec, MapChunk, MapPlan, MapTask, ScanResult, TableSpec } from '../pool/tasks.js';
+import { ChunkState, MapCall } from './mapcall.js';
+import { MapError, type MapLoop } from './maploop.js';
 import { inSharedMemory, type SgView } from './sg.js';
 
 /**
- * When a call is worth the pool, and how finely to cut it. A task costs ~20-70 µs to dispatch on
- * this 2-core machine (docs/performance.md), and a leaf ~3 ns inline, so a chunk below ~16K leaves
- * spends more on dispatch than the thread saves; calls below ~64K leaves stay inline.
+ * When a call is worth the pool, and how finely to cut it. A helper wakes 0.1-0.3 ms after it is
+ * asked (docs/performance.md), and a 4K leaf costs ~4 ns inline (a scattered one ~36 ns), so calls
+ * below ~64K leaves stay inline; chunks are claimed dynamically, so a few per thread balance a late
+ * or slow helper without a round trip each.
  */
 export const PARALLEL_MIN_PAGES = 65536;
 export const MIN_CHUNK_PAGES = 16384;
-/** One chunk per thread: a second batch costs another round trip through the main thread (measured: 1.60x -> 1.76x on scattered map_sg, docs/performance.md). */
-const CHUNKS_PER_THREAD = 1;
+const CHUNKS_PER_THREAD = 4;
 const JOURNAL_CAP = 1 << 16;
 
 /** What the parallel engine needs of a domain. */
@@ -66,18 +71,38 @@ export interface MapOutcome {
 export class ParallelEngine {
   /** Test-only: the next call's injected fault. */
   faultPlan: FaultPlan | null = null;
+  /** Threads that work on one call: the helpers of the pool, and the caller if callerRuns. */
+  private readonly participants: number;
 
+  /**
+   * @param callerRuns the calling thread maps chunks too, so that a call wakes one helper fewer (on
+   *   2 vCPUs: one instead of two). Off in the daemon, whose event loop must stay free for others.
+   */
   constructor(
     private readonly pool: ChunkPool,
     private readonly memory: TableMemory,
-  ) {}
+    private readonly callerRuns: boolean,
+  ) {
+    // More threads than CPUs only take turns; the caller counts as one of them.
+    this.participants = callerRuns ? 1 + Math.min(pool.threads, Math.max(1, availableParallelism() - 1)) : pool.threads;
+  }
 
   get threads(): number {
     return this.pool.threads;
   }
 
+  /**
+   * Whether big unmaps go to the pool. Exact unmap semantics (stop at the first hole) make the
+   * parallel unmap two rounds, a scan and a clear, each costing about what an inline unmap costs
+   * (docs/performance.md): twice the work, so never faster on two threads. It is only worth it when
+   * the caller's thread must stay free (callerRuns off: the daemon's event loop).
+   */
+  get unmapsOnPool(): boolean {
+    return !this.callerRuns;
+  }
+
   private chunkCount(pages: number): number {
-    return Math.max(1, Math.min(Math.floor(pages / MIN_CHUNK_PAGES), this.pool.threads * CHUNKS_PER_THREAD));
+    return Math.max(1, Math.min(Math.floor(pages / MIN_CHUNK_PAGES), this.participants * CHUNKS_PER_THREAD));
   }
 
   /** The injected fault for one call: every parallel call consumes the plan, whether it uses it or not. */
@@ -92,7 +117,7 @@ export class ParallelEngine {
    * cross into it (head) and out of it (tail), whole. The list's index makes this a look at a few
    * blocks per chunk, not a pass over the list.
    */
-  planSg(d: DomainTables, iova: number, sg: SgView, prot: number): MapChunk[] {
+  planSg(iova: number, sg: SgView, prot: number): MapPlan {
     const { pairs, index } = sg;
     const n = index.length;
     const k = this.chunkCount(n);
@@ -105,100 +130,97 @@ export class ParallelEngine {
       const startOffset = index.offsetOf(pairs, start);
       return [iova + startOffset, pairs[2 * start]!, index.offsetOf(pairs, index.runEnd(pairs, e)) - startOffset];
     };
-    const sgBuffer = inSharedMemory(pairs).buffer as SharedArrayBuffer;
     const chunks: MapChunk[] = [];
     for (let c = 0; c < k; c++) {
       chunks.push({
-        kind: 'map',
-        table: d.spec,
-        sg: sgBuffer,
         first: bounds[c]!,
         end: bounds[c + 1]!,
         spanStart: iova + offsets[c]!,
         spanEnd: iova + offsets[c + 1]!,
         head: crossing(bounds[c]!),
         tail: crossing(bounds[c + 1]!),
-        prot,
       });
     }
-    return chunks;
+    return { sg: inSharedMemory(pairs).buffer as SharedArrayBuffer, prot, chunks };
   }
 
   /** map of one big run: IOVA pieces of the same run, each writing its own leaves. */
-  async map(d: DomainTables, iova: number, paddr: number, size: number, prot: number): Promise<MapOutcome> {
+  planMap(d: DomainTables, iova: number, paddr: number, size: number, prot: number): MapPlan {
     const pairs = new Float64Array(new SharedArrayBuffer(16));
     pairs[0] = paddr;
     pairs[1] = size;
     const run = [iova, paddr, size];
-    const sg = pairs.buffer as SharedArrayBuffer;
     const chunks = this.pieces(d.pgtable.geo, d.loop.minPgsize, iova, size).map(
-      ([lo, hi]): MapChunk => ({ kind: 'map', table: d.spec, sg, first: 0, end: 1, spanStart: lo, spanEnd: hi, head: run, tail: null, prot }),
+      ([lo, hi]): MapChunk => ({ first: 0, end: 1, spanStart: lo, spanEnd: hi, head: run, tail: null }),
     );
-    return this.runMapTasks(d, iova, chunks);
+    return { sg: pairs.buffer as SharedArrayBuffer, prot, chunks };
   }
 
-  /** Writes every chunk, each with a journal; collects their logs, and the call's error. */
-  async runMapTasks(d: DomainTables, iova: number, chunks: MapChunk[]): Promise<MapOutcome> {
+  /**
+   * Runs a planned map: the helpers and (with callerRuns) this thread claim its chunks until none is
+   * left. Then collects every chunk's log from its journal, and the call's error.
+   */
+  async runMap(d: DomainTables, iova: number, plan: MapPlan): Promise<MapOutcome> {
+    const { chunks } = plan;
     const geo = d.pgtable.geo;
-    const caps = chunks.map((t) => journalCaps(geo, d.loop.minPgsize, d.spec.pgsizeBitmap, t.spanEnd - t.spanStart));
-    const offsets: number[] = [];
-    let words = 0;
-    for (const [ci, cr] of caps) {
-      offsets.push(words);
-      words += journalSize(ci, cr);
+    const call = MapCall.create(
+      chunks,
+      chunks.map((c) => journalCaps(geo, d.loop.minPgsize, d.spec.pgsizeBitmap, c.spanEnd - c.spanStart)),
+    );
+    const planned = this.takePlan();
+    let fault: MapTask['fault'];
+    for (let c = 0; c < chunks.length && !fault; c++) {
+      const f = planned('map', c);
+      if (f) fault = { ...f, chunk: c };
     }
-    const journal = new Float64Array(new SharedArrayBuffer(words * 8));
-    const faultFor = this.takePlan();
-    const tasks = chunks.map((chunk, c): MapTask => {
-      initJournal(journal, offsets[c]!, caps[c]![0]!, caps[c]![1]!);
-      return { ...chunk, journal: journal.buffer as SharedArrayBuffer, journalOffset: offsets[c]!, fault: faultFor('map', c) };
-    });
-    const settled = await Promise.allSettled(
-      tasks.map((t, c) =>
-        this.pool.run<MapResult>(t).catch((e: unknown) => {
-          // A dead worker may hold the allocator lock: free it at once, not after the others
-          // settle, since they may be waiting for it. (A worker that only threw released it.)
-          if (e instanceof WorkerFailure && e.died) this.memory.releaseLockOfDeadThread(journal[offsets[c]! + J.ThreadId]!);
+    // An injected fault must hit a helper, so that call runs on the helpers alone.
+    const callerRuns = this.callerRuns && !fault;
+    const helpers = Math.min(this.participants - (callerRuns ? 1 : 0), Math.max(chunks.length - (callerRuns ? 1 : 0), 0));
+    const tasks: Promise<number>[] = [];
+    for (let h = 0; h < helpers; h++) {
+      const task: MapTask = { kind: 'map', table: d.spec, sg: plan.sg, call: call.sab, helper: h, prot: plan.prot, fault };
+      tasks.push(
+        this.pool.run<number>(task).catch((e: unknown) => {
+          // A helper that died may hold the allocator lock: free it at once, not after the others
+          // settle, since they may be waiting for it. (A helper that only threw released it.)
+          const tid = call.helperThread(h);
+          if (e instanceof WorkerFailure && e.died && tid >= 0) this.memory.releaseLockOfDeadThread(tid);
           throw e;
         }),
-      ),
-    );
+      );
+    }
+    if (callerRuns) call.runClaimed(d.loop, new Float64Array(plan.sg), plan.prot, -1, threadId, null);
+    await Promise.allSettled(tasks);
 
     const logs: MapLog[] = [];
     let error: IommuError | null = null;
     let failedAt = Infinity;
     let died = false;
-    settled.forEach((r, c) => {
-      if (r.status === 'fulfilled') {
-        const v = r.value;
-        const log = new MapLog(v.base);
-        log.written = v.written;
-        log.installed.push(...v.installed);
-        log.replaced.push(...v.replaced);
-        log.replacedPages.push(...v.replacedPages);
-        logs.push(log);
-        if (!v.ok && v.errorIova < failedAt) {
-          failedAt = v.errorIova;
-          error = errorOf(d.loop, v);
-        }
-      } else {
-        // The worker died mid-chunk: undo from its journal.
-        const { log } = MapLog.fromJournal(journal, offsets[c]!);
-        logs.push(log);
+    for (let c = 0; c < chunks.length; c++) {
+      const log = call.log(c);
+      logs.push(log);
+      if (call.state(c) !== ChunkState.Done) {
+        // Its thread died or threw mid-chunk (or nobody was left to take it): undone from the journal.
         died = true;
-        failedAt = Math.min(failedAt, tasks[c]!.spanStart);
+        failedAt = Math.min(failedAt, call.spanStart(c));
+        continue;
       }
-    });
-    if (died) error = new IommuError('EIO', 'a worker thread died while mapping; the call was rolled back');
+      log.replacedPages.push(...d.pgtable.replacedPages(log));
+      if (call.errorOf(c, d.loop) !== MapError.None && d.loop.errorIova < failedAt) {
+        failedAt = d.loop.errorIova;
+        error = d.loop.toError();
+      }
+    }
     if (died) {
+      error = new IommuError('EIO', 'a worker thread died while mapping; the call was rolled back');
       // A dead chunk may have written past what its journal says it finished: invalidate everything.
-      failedAt = tasks[tasks.length - 1]!.spanEnd;
+      failedAt = call.spanEnd(chunks.length - 1);
     } else if (error !== null && (error as IommuError).code === 'ENOMEM') {
       // Where memory ran out depends on how the chunks raced, not on the list: invalidate all that
       // any chunk wrote, so a device cannot keep a translation of it.
       for (const log of logs) if (log.written > 0) failedAt = Math.max(failedAt, log.base + log.written);
     }
-    const mapped = tasks.length > 0 ? tasks[tasks.length - 1]!.spanEnd - iova : 0;
+    const mapped = chunks.length > 0 ? chunks[chunks.length - 1]!.spanEnd - iova : 0;
     return { mapped, logs, error, failedAt: error ? failedAt : mapped + iova };
   }
 
@@ -272,12 +294,4 @@ function journalCaps(geo: LpaeGeometry, minPgsize: number, bitmap: number, span:
   const smallestBlock = blocks > 0 ? blocks & -blocks : 0;
   const replaced = smallestBlock > 0 ? Math.ceil(span / smallestBlock) + 2 : 0;
   return [Math.min(installed, JOURNAL_CAP), Math.min(replaced, JOURNAL_CAP)];
-}
-
-function errorOf(loop: MapLoop, r: MapResult): IommuError {
-  loop.error = r.error as MapError;
-  loop.errorIova = r.errorIova;
-  loop.errorPaddr = r.errorPaddr;
-  loop.errorSize = r.errorSize;
-  return loop.toError();
 }

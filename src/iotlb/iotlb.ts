@@ -13,6 +13,7 @@
  * `sync` applies a batch, counts it, and only then frees the batch's table pages: a walk entry can
  * never point at a page that has been reused.
  */
+import type { TableOwner } from '../pgtable/account.js';
 import type { TableMemory } from '../pgtable/memory.js';
 import type { Gather, InvalidationCommand } from './gather.js';
 
@@ -82,16 +83,20 @@ export class Iotlb {
     this.costPerCommand = nsPerCommand;
   }
 
-  /** Issues everything in `gather` for the domain tagged `tag` as one batch, and empties the gather. */
-  sync(tag: number, gather: Gather): void {
+  /**
+   * Issues everything in `gather` for the domain that `owner` stands for (its IOTLB tag, and whose
+   * table pages the gather frees) as one batch, and empties the gather.
+   */
+  sync(owner: TableOwner, gather: Gather): void {
+    const tag = owner.tag;
     gather.close();
     const commands = gather.commands;
     if (this.leaves.size > 0 || this.walks.size > 0) for (const c of commands) this.apply(tag, c);
     this.counters.invalidations += commands.length;
     this.counters.syncs += 1;
     this.modelledNs += this.costPerSync + this.costPerCommand * commands.length;
-    const pages = gather.freePages;
-    for (let i = 0; i < pages.length; i += 2) this.mem.free(pages[i]!, pages[i + 1]!);
+    // Only now, with the walk invalidations issued, may the tables the batch unlinked be reused.
+    owner.freePages(this.mem, gather.freePages);
     gather.reset();
   }
 

@@ -12,6 +12,7 @@
  *   journal[off + ...]:
  *   0 base | 1 written | 2 intent first slot | 3 intent end slot | 4 n installed | 5 n replaced |
  *   6 capacity installed | 7 capacity replaced | 8 overflowed | 9 worker threadId |
+ *   10 state | 11 error | 12 error iova | 13 error paddr | 14 error size  (kept by MapCall) |
  *   installed (slot, page) pairs... |
  *   replaced (slot, old descriptor, iova, size) quads...
  */
@@ -27,7 +28,13 @@ export const enum J {
   Overflowed = 8,
   /** threadId of the worker running the chunk (to release a lock it may die holding). */
   ThreadId = 9,
-  Header = 10,
+  /** How the chunk ended, for the thread that collects it (src/core/mapcall.ts). */
+  State = 10,
+  Error = 11,
+  ErrorIova = 12,
+  ErrorPaddr = 13,
+  ErrorSize = 14,
+  Header = 15,
 }
 
 export function journalSize(capInstalled: number, capReplaced: number): number {
@@ -89,11 +96,9 @@ export class MapLog {
     this.written += bytes;
     if (this.written >= this.faultAfter) this.onFault?.();
     this.intentEnd = 0;
-    const j = this.journal;
-    if (j) {
-      j[this.off + J.Written] = this.written;
-      j[this.off + J.IntentEnd] = 0;
-    }
+    // The journal's intent is left as it is: `written` now covers it, so undoing it again is harmless,
+    // and a single-page run (a scattered list) saves a shared-memory store per leaf.
+    if (this.journal) this.journal[this.off + J.Written] = this.written;
   }
 
   addInstalled(slot: number, page: number): void {

@@ -22,6 +22,7 @@ import {
   tableDescriptorLo,
   tableOffsetOf,
 } from './format.js';
+import type { TableOwner } from './account.js';
 import { MapLog } from './maplog.js';
 import { TableMemory } from './memory.js';
 
@@ -53,6 +54,8 @@ export class IoPgtable {
   readonly geo: LpaeGeometry;
   readonly mem: TableMemory;
   readonly root: number;
+  /** Whom the domain's table pages are charged to (and whose budget may refuse one). */
+  readonly owner: TableOwner;
   /** Bytes of every table page (the root is given a whole granule too). */
   private readonly tableBytes: number;
   /** 2^-levelShift(level), so that an index is a multiply, not a division. */
@@ -73,10 +76,11 @@ export class IoPgtable {
   leafLo = 0;
   leafHi = 0;
 
-  constructor(geo: LpaeGeometry, mem: TableMemory, root: number) {
+  constructor(geo: LpaeGeometry, mem: TableMemory, root: number, owner: TableOwner) {
     this.geo = geo;
     this.mem = mem;
     this.root = root;
+    this.owner = owner;
     this.tableBytes = geo.granule;
     // The root may lie beyond this thread's views if another thread grew table memory since.
     mem.ensureMapped(root + geo.granule);
@@ -86,9 +90,9 @@ export class IoPgtable {
     }
   }
 
-  /** Allocates an empty root table; -1 when table memory is exhausted. */
-  static allocRoot(geo: LpaeGeometry, mem: TableMemory): number {
-    return mem.alloc(geo.granule);
+  /** Allocates an empty root table charged to `owner`; -1 when table memory or the budget is exhausted. */
+  static allocRoot(geo: LpaeGeometry, mem: TableMemory, owner: TableOwner): number {
+    return owner.allocPage(mem, geo.granule);
   }
 
   /** Descriptor index (in 8-byte units of table memory) of iova's entry in the table at `table`. */
@@ -174,7 +178,7 @@ export class IoPgtable {
       const s = this.slotOf(table, iova, l);
       let lo = this.mem.i32[2 * s]!;
       if (lo === 0) {
-        const page = this.mem.alloc(this.tableBytes);
+        const page = this.owner.allocPage(this.mem, this.tableBytes);
         if (page < 0) return -MapStatus.NoMem;
         const desc = tableDescriptorLo(page);
         // Publish the zeroed table; if another call got there first, use theirs and give ours back.
@@ -183,7 +187,7 @@ export class IoPgtable {
           log.addInstalled(s, page);
           lo = desc;
         } else {
-          this.mem.free(page, this.tableBytes);
+          this.freePage(page);
           lo = seen;
         }
       }
@@ -402,8 +406,14 @@ export class IoPgtable {
   reclaimTable(slot: number, page: number): boolean {
     const desc = tableDescriptorLo(page);
     if (!this.isEmptyTable(page) || Atomics.compareExchange(this.mem.i32, 2 * slot, desc, 0) !== desc) return false;
-    this.mem.free(page, this.tableBytes);
+    this.freePage(page);
     return true;
+  }
+
+  /** Returns an unlinked table page to memory, and its charge to the owner. */
+  private freePage(page: number): void {
+    this.mem.free(page, this.tableBytes);
+    this.owner.credit(this.tableBytes);
   }
 
   private isEmptyTable(table: number): boolean {
@@ -412,6 +422,20 @@ export class IoPgtable {
     const end = first + this.tableBytes / 8;
     for (let s = first; s < end; s++) if (i32[2 * s] !== 0) return false;
     return true;
+  }
+
+  /**
+   * The pages of the subtrees a log says its blocks replaced, as (offset, bytes) pairs: for a log
+   * rebuilt from a journal. The subtrees are unlinked and held by the call, so nothing changes them.
+   */
+  replacedPages(log: MapLog): number[] {
+    const out: number[] = [];
+    const r = log.replaced;
+    for (let i = 0; i < r.length; i += 4) {
+      splitDouble(r[i + 1]!);
+      this.collectTables(tableOffsetOf(splitLo(), this.geo.granule), this.geo.levelOfPgsize(r[i + 3]!) + 1, out);
+    }
+    return out;
   }
 
   /** Every table page of this domain, root included, as (offset, bytes) pairs. */

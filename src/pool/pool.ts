@@ -6,6 +6,7 @@
  */
 import { Piscina } from 'piscina';
 import { IommuError } from '../errors/errors.js';
+import type { TableAccounts } from '../pgtable/account.js';
 import type { TableMemory } from '../pgtable/memory.js';
 import type { ChunkTask } from './tasks.js';
 
@@ -18,6 +19,12 @@ export class WorkerFailure extends IommuError {
   }
 }
 
+/** What each worker receives once, at start. */
+export interface PoolData {
+  memory: SharedArrayBuffer;
+  accounts: SharedArrayBuffer;
+}
+
 const WORKER_URL = new URL('../../workers/chunk-worker.js', import.meta.url);
 
 export class ChunkPool {
@@ -25,14 +32,14 @@ export class ChunkPool {
   private readonly piscina: Piscina;
   private destroyed = false;
 
-  constructor(threads: number, memory: TableMemory) {
+  constructor(threads: number, memory: TableMemory, accounts: TableAccounts) {
     this.threads = threads;
     this.piscina = new Piscina({
       filename: WORKER_URL.href,
       minThreads: threads,
       maxThreads: threads,
       idleTimeout: Infinity,
-      workerData: { memory: memory.sab },
+      workerData: { memory: memory.sab, accounts: accounts.sab } satisfies PoolData,
       // Each worker runs one synchronous chunk at a time; more in flight would only queue there.
       concurrentTasksPerWorker: 1,
     });

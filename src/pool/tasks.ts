@@ -14,6 +14,9 @@ export interface TableSpec {
   root: number;
   pgsizeBitmap: number;
   dirtyTracking: boolean;
+  /** The domain's table account slot (its IOTLB tag) and budget (NO_BUDGET for none). */
+  tag: number;
+  budget: number;
 }
 
 /** Test-only: make the worker die or throw once it has done `afterBytes` of its chunk. */
@@ -22,37 +25,40 @@ export interface FaultSpec {
   how: 'exit' | 'throw';
 }
 
-/** A chunk of a parallel map_sg (or of a big map): write the leaves that start in [spanStart, spanEnd). */
+/**
+ * A parallel map (src/core/mapcall.ts): take chunks of the call in `call` until none is left. The
+ * calling thread runs the same loop; each helper of the pool gets one of these per call.
+ */
 export interface MapTask {
   kind: 'map';
   table: TableSpec;
+  /** The scatter-gather list: (paddr, length) pairs as Float64. */
   sg: SharedArrayBuffer;
+  /** The MapCall: claim counter, chunk plan and journals. */
+  call: SharedArrayBuffer;
+  /** This helper's number in the call (where it records its threadId). */
+  helper: number;
+  prot: number;
+  fault?: FaultSpec & { chunk: number };
+}
+
+/** One chunk of a parallel map_sg (or of a big map): write the leaves that start in [spanStart, spanEnd). */
+export interface MapChunk {
+  /** Entries [first, end) of the list. */
   first: number;
   end: number;
   spanStart: number;
   spanEnd: number;
+  /** The runs crossing into and out of the chunk, whole, as [iova, paddr, size]; null if none. */
   head: number[] | null;
   tail: number[] | null;
-  prot: number;
-  journal: SharedArrayBuffer;
-  journalOffset: number;
-  fault?: FaultSpec;
 }
 
-/** A map chunk as planned, before its journal is allocated. */
-export type MapChunk = Omit<MapTask, 'journal' | 'journalOffset' | 'fault'>;
-
-export interface MapResult {
-  ok: boolean;
-  error: number;
-  errorIova: number;
-  errorPaddr: number;
-  errorSize: number;
-  base: number;
-  written: number;
-  installed: number[];
-  replaced: number[];
-  replacedPages: number[];
+/** A parallel map as planned: the list, the prot, the chunks. */
+export interface MapPlan {
+  sg: SharedArrayBuffer;
+  prot: number;
+  chunks: MapChunk[];
 }
 
 /** Phase A of a parallel unmap: find, without changing anything, the leaves of [lo, hi). */

@@ -52,6 +52,8 @@ export class IommudServer {
 
   static async start(options: ServerOptions): Promise<IommudServer> {
     const iommu = await Iommu.create({
+      // The event loop serves every connection: big calls run on the pool alone.
+      callerRuns: false,
       ...(options.workers !== undefined ? { workers: options.workers } : {}),
       ...(options.tableMemoryBytes !== undefined ? { tableMemoryBytes: options.tableMemoryBytes } : {}),
     });

@@ -64,9 +64,10 @@ function runLeaves(iova: number, paddr: number, size: number, prot = RW): ModelL
 // Disjoint ranges
 // -------------------------------------------------------------------------------------------------
 
-test.serial('disjoint callers at once: all succeed (or fail) as alone, the final state equals the model', async (t) => {
+for (const callerRuns of [true, false])
+  test.serial(`disjoint callers at once: all succeed (or fail) as alone, the final state equals the model${callerRuns ? '' : ' (pool only)'}`, async (t) => {
   t.timeout(120_000);
-  const iommu = await makeIommu(t, 2);
+  const iommu = await makeIommu(t, 2, undefined, callerRuns);
   const ref = await makeIommu(t, 0);
   const dom = iommu.allocDomain();
   const seq = ref.allocDomain();
@@ -149,9 +150,10 @@ async function heldPages(iommu: Iommu, d: Domain): Promise<number> {
 // Overlapping ranges
 // -------------------------------------------------------------------------------------------------
 
-test.serial('callers on the same range at once: exactly the first submitted succeeds, the rest fail EEXIST without a trace', async (t) => {
+for (const callerRuns of [true, false])
+  test.serial(`callers on the same range at once: exactly the first submitted succeeds, the rest fail EEXIST without a trace${callerRuns ? '' : ' (pool only)'}`, async (t) => {
   t.timeout(120_000);
-  const iommu = await makeIommu(t, 2);
+  const iommu = await makeIommu(t, 2, undefined, callerRuns);
   const ref = await makeIommu(t, 0);
   const X = 5 * G1 - 32 * M2 + 5 * K4; // crosses a 1G boundary
   const L1 = bigList('scattered', scatteredSegs(N + 7, K4, 0x0a));
@@ -219,9 +221,10 @@ function sequence(seed: number, W: number, lists: BigList[]): { name: string; ru
   return out;
 }
 
-test.serial('overlapping map/unmap submitted at once take effect in submission order (FIFO range lock)', async (t) => {
+for (const callerRuns of [true, false])
+  test.serial(`overlapping map/unmap submitted at once take effect in submission order (FIFO range lock)${callerRuns ? '' : ' (pool only)'}`, async (t) => {
   t.timeout(120_000);
-  const iommu = await makeIommu(t, 2);
+  const iommu = await makeIommu(t, 2, undefined, callerRuns);
   const ref = await makeIommu(t, 0);
   const syncs = recordSyncs(iommu);
   const refSyncs = recordSyncs(ref);
@@ -343,9 +346,10 @@ async function raceReaders(t: ExecutionContext, dom: Domain, call: Promise<unkno
   return { turns, seen, bad };
 }
 
-test.serial('readers racing a parallel mapSg/unmapSg see nothing or the final leaf, never anything else', async (t) => {
+for (const callerRuns of [true, false])
+  test.serial(`readers racing a parallel mapSg/unmapSg see nothing or the final leaf, never anything else${callerRuns ? '' : ' (pool only)'}`, async (t) => {
   t.timeout(120_000);
-  const iommu = await makeIommu(t, 2);
+  const iommu = await makeIommu(t, 2, undefined, callerRuns);
   const dom = iommu.allocDomain();
   const prot = Prot.READ | Prot.WRITE | Prot.CACHE;
   const X = 3 * G1 - 8 * M2;
@@ -370,9 +374,10 @@ test.serial('readers racing a parallel mapSg/unmapSg see nothing or the final le
   t.true(turnsTotal >= 8, 'the readers did run while the calls were in flight');
 });
 
-test.serial('a device translating during a failing parallel map keeps no translation of it afterwards', async (t) => {
+for (const callerRuns of [true, false])
+  test.serial(`a device translating during a failing parallel map keeps no translation of it afterwards${callerRuns ? '' : ' (pool only)'}`, async (t) => {
   t.timeout(120_000);
-  const iommu = await makeIommu(t, 2);
+  const iommu = await makeIommu(t, 2, undefined, callerRuns);
   const X = 3 * G1 + 4 * M2;
   const L = bigList('scattered', scatteredSegs(2 * N, K4, 0xdd));
   const phys = physOracle(X, L.segs);
@@ -470,7 +475,8 @@ test.serial('a device that walked the tables of a failing parallel map cannot re
 
 test.serial('free() while a parallel call is in flight is EBUSY; afterwards it works and returns every page', async (t) => {
   t.timeout(60_000);
-  const iommu = await makeIommu(t, 2);
+  // Unmaps go to the pool only when the caller takes no share.
+  const iommu = await makeIommu(t, 2, undefined, false);
   const X = G1 + 3 * K4;
   const L = bigList('scattered', scatteredSegs(N + 3, K4, 0xfe));
   const pages0 = iommu.stats().tables.pages;

@@ -33,7 +33,14 @@ import {
 } from '../helpers/parallel.js';
 
 const RW = Prot.READ | Prot.WRITE;
-const WORKERS = [0, 1, 2] as const;
+/** The engines compared: inline, the caller with 1 and 2 helpers, and the pool alone (the daemon's way). */
+const ENGINES = [
+  { workers: 0, callerRuns: true },
+  { workers: 1, callerRuns: true },
+  { workers: 2, callerRuns: true },
+  { workers: 2, callerRuns: false },
+] as const;
+const engineName = (i: number): string => `workers ${ENGINES[i]!.workers}${ENGINES[i]!.callerRuns ? '' : ' (pool only)'}`;
 
 test.before(() => {
   // The thresholds these tests are built around.
@@ -46,8 +53,8 @@ interface Engines {
 }
 
 async function engines(t: ExecutionContext, tableMemoryBytes?: number): Promise<Engines> {
-  const iommus = await Promise.all(WORKERS.map((w) => makeIommu(t, w, tableMemoryBytes)));
-  for (const [i, iommu] of iommus.entries()) t.is(iommu.workers, WORKERS[i]);
+  const iommus = await Promise.all(ENGINES.map((e) => makeIommu(t, e.workers, tableMemoryBytes, e.callerRuns)));
+  for (const [i, iommu] of iommus.entries()) t.is(iommu.workers, ENGINES[i]!.workers);
   return { iommus, batches: iommus.map(recordSyncs) };
 }
 
@@ -86,7 +93,7 @@ async function observe(iommu: Iommu, batches: InvalidationCommand[][], dom: Doma
 function sameAsInline(t: ExecutionContext, obs: Observed[], what: string): void {
   const [ref, ...others] = obs;
   others.forEach((o, i) => {
-    const w = `${what}, workers ${WORKERS[i + 1]}`;
+    const w = `${what}, ${engineName(i + 1)}`;
     t.deepEqual(o.result, ref!.result, `${w}: result`);
     sameDump(t, o.dump, ref!.dump, `${w}: leaves`);
     t.is(o.pagesDelta, ref!.pagesDelta, `${w}: tables.pages delta`);
@@ -381,7 +388,7 @@ async function failsLikeInline(
     await prepare(dom);
     const before = fullDump(dom);
     const o = await observe(iommu, eng.batches[i]!, dom, fullDump, () => call(dom) as Promise<number>);
-    const w = `${what}, workers ${WORKERS[i]}`;
+    const w = `${what}, ${engineName(i)}`;
     t.is((o.result as { code: string } | undefined)?.code, code, `${w}: error code`);
     // Exactly as before: every descriptor (leaves and tables) and the table pages.
     sameDump(t, o.dump, before, `${w}: tables and leaves after the rollback`);
@@ -392,7 +399,7 @@ async function failsLikeInline(
   }
   const [ref, ...others] = obs;
   others.forEach((o, i) => {
-    const w = `${what}, workers ${WORKERS[i + 1]}`;
+    const w = `${what}, ${engineName(i + 1)}`;
     if (!exact) {
       t.is(o.batches.length, ref!.batches.length, `${w}: as many invalidation batches as inline`);
       return;

@@ -19,8 +19,8 @@ export const M2 = 0x20_0000;
 export const G1 = 0x4000_0000;
 
 /** An Iommu with `workers` threads, closed when the test ends. */
-export async function makeIommu(t: ExecutionContext, workers: number, tableMemoryBytes?: number): Promise<Iommu> {
-  const iommu = await Iommu.create(tableMemoryBytes === undefined ? { workers } : { workers, tableMemoryBytes });
+export async function makeIommu(t: ExecutionContext, workers: number, tableMemoryBytes?: number, callerRuns = true): Promise<Iommu> {
+  const iommu = await Iommu.create(tableMemoryBytes === undefined ? { workers, callerRuns } : { workers, tableMemoryBytes, callerRuns });
   t.teardown(() => iommu.close());
   return iommu;
 }
@@ -254,10 +254,10 @@ export function recordSyncs(iommu: Iommu): InvalidationCommand[][] {
   const batches: InvalidationCommand[][] = [];
   const iotlb = iommu.iotlb;
   const sync = iotlb.sync.bind(iotlb);
-  iotlb.sync = (tag, gather) => {
+  iotlb.sync = (owner, gather) => {
     gather.close();
     batches.push(gather.commands.map((c) => ({ ...c })));
-    sync(tag, gather);
+    sync(owner, gather);
   };
   return batches;
 }

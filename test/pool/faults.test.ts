@@ -6,6 +6,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { IommuError, Prot, type Domain, type Iommu, type InvalidationCommand } from '../../src/index.js';
 import type { FaultPlan } from '../../src/core/parallel.js';
+import { sgView } from '../../src/core/sg.js';
 import type { ChunkTask } from '../../src/pool/tasks.js';
 import {
   G1,
@@ -75,11 +76,13 @@ async function fixture(t: ExecutionContext, list: BigList, iova: number): Promis
   // Neighbours on both sides, in the tables the call uses.
   await dom.map(iova - 3 * K4, 2 ** 44, 3 * K4, RW);
   await dom.map(iova + list.bytes, 2 ** 44 + M2, 5 * K4, RW);
-  // How many chunks: count them on a call that succeeds, then undo it.
+  // How many chunks the call is cut into (its helpers claim them; one message each).
+  const chunks = engine(iommu).planSg(iova, sgView(list.table), RW).chunks.length;
   const counts = await tasksOf(iommu, () => dom.mapSg(iova, list.table, RW));
   t.is(await dom.unmapSg(iova, list.table), list.bytes);
-  t.true((counts.map ?? 0) >= 2, `the call is cut into ${counts.map} chunks`);
-  return { iommu, dom, list, iova, expected, chunks: counts.map ?? 0 };
+  t.true(chunks >= 2, `the call is cut into ${chunks} chunks`);
+  t.true((counts.map ?? 0) >= 1 && (counts.map ?? 0) <= iommu.workers, `one map task per helper at most (${counts.map})`);
+  return { iommu, dom, list, iova, expected, chunks };
 }
 
 /** The call with `plan` injected: EIO, and the domain exactly as before. Then without: success. */
@@ -123,10 +126,10 @@ for (const how of ['exit', 'throw'] as const) {
       t.is(await f.dom.unmapSg(iova, list.table), list.bytes);
     }
     // A big map() of one run, failing in its last piece.
-    const mapCall = (): Promise<void> => f.dom.map(iova, 2 ** 40 + (iova % G1), list.bytes, RW);
-    const counts = await tasksOf(f.iommu, mapCall);
-    t.is(await f.dom.unmap(iova, list.bytes), list.bytes);
-    await mapFaultRound(t, f, { phase: 'map', chunk: (counts.map ?? 1) - 1, fault: { afterBytes: M2, how } }, mapCall, `${how}: map() of one run, last piece`);
+    const paddr = 2 ** 40 + (iova % G1);
+    const mapCall = (): Promise<void> => f.dom.map(iova, paddr, list.bytes, RW);
+    const pieces = engine(f.iommu).planMap(f.dom, iova, paddr, list.bytes, RW).chunks.length;
+    await mapFaultRound(t, f, { phase: 'map', chunk: pieces - 1, fault: { afterBytes: M2, how } }, mapCall, `${how}: map() of one run, last piece`);
     t.is(await f.dom.unmap(iova, list.bytes), list.bytes);
     // The neighbours are intact.
     t.is(f.dom.iovaToPhys(iova - K4), 2 ** 44 + 2 * K4);
@@ -176,7 +179,8 @@ async function holeyLayout(dom: Domain, list: BigList, iova: number, hole: numbe
 for (const phase of ['scan', 'clear'] as const) {
   test.serial(`${phase} phase, a worker that dies or throws: the unmap still completes exactly as inline`, async (t) => {
     t.timeout(120_000);
-    const iommu = await makeIommu(t, 2);
+    // Unmaps go to the pool only when the caller does not take a share (the daemon's configuration).
+    const iommu = await makeIommu(t, 2, undefined, false);
     const inline = await makeIommu(t, 0);
     const batches = recordSyncs(iommu);
     const refBatches = recordSyncs(inline);
@@ -232,7 +236,7 @@ for (const phase of ['scan', 'clear'] as const) {
 
 test.serial('a fault plan is consumed by the next parallel call, whatever its chunks', async (t) => {
   t.timeout(60_000);
-  const iommu = await makeIommu(t, 2);
+  const iommu = await makeIommu(t, 2, undefined, false);
   const dom = iommu.allocDomain();
   const iova = G1;
   const list = bigList('mixed', mixedSegs(N + 5, K4, M2, iova, 0x9));

@@ -1,0 +1,188 @@
+/**
+ * One parallel map call in shared memory: its chunks, a claim counter, and each chunk's journal. The
+ * calling thread and the pool's helpers all run the same loop (`runClaimed`): take the next chunk
+ * with an atomic increment, map it, record the outcome in its journal, repeat until none is left.
+ * So a call costs one message per helper however many chunks it has; a helper that wakes late or
+ * runs on a slower vCPU simply takes fewer chunks; and the caller works instead of waiting.
+ *
+ *   Int32 slots (header)                           Float64 words
+ *   +-------+--------+--------------------------+-------------------------+-------------------------------+
+ *   | next  | chunks | helper h: threadId + 1   | plan: P.Stride words    | journals (MapLog layout, J.*) |
+ *   | chunk |        | (MAX_HELPERS slots)      | per chunk               | one per chunk                 |
+ *   +-------+--------+--------------------------+-------------------------+-------------------------------+
+ *
+ * A chunk's journal says how far it got (MapLog's undo log, mirrored) and, once it is done, how it
+ * ended: a chunk left Claimed was running in a thread that died or threw, and is undone from it.
+ */
+import { J, MapLog } from '../pgtable/maplog.js';
+import type { MapChunk } from '../pool/tasks.js';
+import type { MapError, MapLoop } from './maploop.js';
+
+/** Int32 slots before the plan: the claim counter, the chunk count, then one per helper. */
+const HEADER_SLOTS = 512;
+const enum H {
+  Next = 0,
+  Chunks = 1,
+  Helpers = 2,
+}
+export const MAX_HELPERS = HEADER_SLOTS - H.Helpers;
+const PLAN_WORDS = HEADER_SLOTS / 2;
+
+/** Per chunk: first, end, spanStart, spanEnd, head (iova, paddr, size), tail (same), journal offset. */
+const enum P {
+  First = 0,
+  End = 1,
+  SpanStart = 2,
+  SpanEnd = 3,
+  Head = 4,
+  Tail = 7,
+  Journal = 10,
+  Stride = 11,
+}
+
+/** A chunk's state, in its journal's J.State word. */
+export const enum ChunkState {
+  Unclaimed = 0,
+  Claimed = 1,
+  Done = 2,
+}
+
+/** Test-only: make whoever runs chunk `chunk` fail once it has mapped `afterBytes` of it. */
+export interface ChunkFault {
+  chunk: number;
+  afterBytes: number;
+  /** What failing means there (the worker exits or throws); built by the thread that runs it. */
+  trip: () => void;
+}
+
+export class MapCall {
+  readonly sab: SharedArrayBuffer;
+  private readonly i32: Int32Array;
+  private readonly f64: Float64Array;
+
+  /** Lays out a call: its chunks' plan and, for each, a journal of the given capacities. */
+  static create(chunks: readonly MapChunk[], caps: readonly (readonly [number, number])[]): MapCall {
+    let words = PLAN_WORDS + chunks.length * P.Stride;
+    const offsets = caps.map(([installed, replaced]) => {
+      const at = words;
+      words += J.Header + 2 * installed + 4 * replaced;
+      return at;
+    });
+    const call = new MapCall(new SharedArrayBuffer(words * 8));
+    call.i32[H.Chunks] = chunks.length;
+    const f = call.f64;
+    chunks.forEach((c, i) => {
+      const p = PLAN_WORDS + i * P.Stride;
+      f[p + P.First] = c.first;
+      f[p + P.End] = c.end;
+      f[p + P.SpanStart] = c.spanStart;
+      f[p + P.SpanEnd] = c.spanEnd;
+      f.set(c.head ?? [NaN, NaN, NaN], p + P.Head);
+      f.set(c.tail ?? [NaN, NaN, NaN], p + P.Tail);
+      f[p + P.Journal] = offsets[i]!;
+      f[offsets[i]! + J.CapInstalled] = caps[i]![0];
+      f[offsets[i]! + J.CapReplaced] = caps[i]![1];
+    });
+    return call;
+  }
+
+  /** Attaches to a call laid out elsewhere (a helper receives the buffer). */
+  constructor(sab: SharedArrayBuffer) {
+    this.sab = sab;
+    this.i32 = new Int32Array(sab, 0, HEADER_SLOTS);
+    this.f64 = new Float64Array(sab);
+  }
+
+  get chunks(): number {
+    return this.i32[H.Chunks]!;
+  }
+
+  /** The journals, for MapLog. */
+  get journal(): Float64Array {
+    return this.f64;
+  }
+
+  journalOffset(chunk: number): number {
+    return this.f64[PLAN_WORDS + chunk * P.Stride + P.Journal]!;
+  }
+
+  state(chunk: number): ChunkState {
+    return this.f64[this.journalOffset(chunk) + J.State]! as ChunkState;
+  }
+
+  spanStart(chunk: number): number {
+    return this.f64[PLAN_WORDS + chunk * P.Stride + P.SpanStart]!;
+  }
+
+  spanEnd(chunk: number): number {
+    return this.f64[PLAN_WORDS + chunk * P.Stride + P.SpanEnd]!;
+  }
+
+  /** The threadId helper `helper` runs on, once it has started (-1 before). */
+  helperThread(helper: number): number {
+    return Atomics.load(this.i32, H.Helpers + helper) - 1;
+  }
+
+  /**
+   * Maps chunks until none is left to claim. `helper` is the pool helper's number, or -1 for the
+   * calling thread. Returns how many chunks this thread mapped.
+   */
+  runClaimed(loop: MapLoop, pairs: Float64Array, prot: number, helper: number, threadId: number, fault: ChunkFault | null): number {
+    if (helper >= 0) Atomics.store(this.i32, H.Helpers + helper, threadId + 1);
+    const f = this.f64;
+    const chunks = this.chunks;
+    let mapped = 0;
+    for (let c = Atomics.add(this.i32, H.Next, 1); c < chunks; c = Atomics.add(this.i32, H.Next, 1)) {
+      const p = PLAN_WORDS + c * P.Stride;
+      const off = f[p + P.Journal]!;
+      f[off + J.ThreadId] = threadId;
+      f[off + J.State] = ChunkState.Claimed;
+      const log = new MapLog(f[p + P.SpanStart]!, f, off);
+      if (fault && fault.chunk === c) {
+        log.faultAfter = fault.afterBytes;
+        log.onFault = fault.trip;
+      }
+      const done = loop.mapChunk(
+        pairs,
+        f[p + P.First]!,
+        f[p + P.End]!,
+        f[p + P.SpanStart]!,
+        f[p + P.SpanEnd]!,
+        runAt(f, p + P.Head),
+        runAt(f, p + P.Tail),
+        prot,
+        log,
+      );
+      if (done < 0) {
+        f[off + J.Error] = loop.error;
+        f[off + J.ErrorIova] = loop.errorIova;
+        f[off + J.ErrorPaddr] = loop.errorPaddr;
+        f[off + J.ErrorSize] = loop.errorSize;
+      }
+      f[off + J.State] = ChunkState.Done;
+      mapped++;
+    }
+    return mapped;
+  }
+
+  /** The chunk's undo log, as its journal has it (for a Done chunk, the whole log but freed pages). */
+  log(chunk: number): MapLog {
+    return MapLog.fromJournal(this.f64, this.journalOffset(chunk)).log;
+  }
+
+  /** A Done chunk's error (MapError.None if none) and where, written into `loop` for toError(). */
+  errorOf(chunk: number, loop: MapLoop): MapError {
+    const off = this.journalOffset(chunk);
+    const f = this.f64;
+    loop.error = f[off + J.Error]! as MapError;
+    loop.errorIova = f[off + J.ErrorIova]!;
+    loop.errorPaddr = f[off + J.ErrorPaddr]!;
+    loop.errorSize = f[off + J.ErrorSize]!;
+    return loop.error;
+  }
+}
+
+/** A run [iova, paddr, size] stored at f[at..at+3), or null (NaN). */
+function runAt(f: Float64Array, at: number): number[] | null {
+  return Number.isNaN(f[at]) ? null : [f[at]!, f[at + 1]!, f[at + 2]!];
+}
