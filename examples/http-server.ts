@@ -10,7 +10,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
-import { EmbeddedIommu, IommuError, SgTable, type DomainOptions, type EmbeddedDomain, type Errno } from 'iommud/embed';
+import { EmbeddedIommu, IommuError, SgTable, type EmbeddedDomain, type EmbeddedDomainOptions, type Errno } from 'iommud/embed';
 
 /** The HTTP status each errno answers with. */
 const STATUS: Record<Errno, number> = {
@@ -69,7 +69,7 @@ function sgOptions(body: Body): { deferInvalidate?: boolean } {
 
 const ROUTES: [method: string, path: RegExp, route: Route][] = [
   ['POST', /^\/domains$/, async (_p, body) => {
-    const dom = await iommu.allocDomain(body as DomainOptions);
+    const dom = await iommu.allocDomain(body as EmbeddedDomainOptions);
     domains.set(dom.id, dom);
     return [201, { id: dom.id, pgsizeBitmap: dom.pgsizeBitmap }];
   }],

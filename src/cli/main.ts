@@ -56,6 +56,9 @@ Protocol and limits:
   --max-domains N          domains one tenant may hold at once; more is EDQUOT (default ${DEFAULT_LIMITS.maxDomains})
   --max-devices N          devices one tenant may have attached at once; more is EDQUOT
                            (default ${DEFAULT_LIMITS.maxDevices})
+  --max-table-memory BYTES page-table memory one tenant's domains may hold at once, e.g. 64M
+                           (4K–4G; default: no quota, only --table-memory). A domain_alloc or map
+                           that would need more is ENOMEM for that tenant alone, rolled back.
   --tenant NAME:TOKEN      tenant NAME must say hello with this token (repeatable); a wrong or
                            missing token is EPERM. Tenants not named here need no token.
   --tenant-file PATH       NAME:TOKEN lines, as --tenant (keeps tokens out of the process list)
@@ -88,6 +91,7 @@ const SERVE_OPTIONS = {
   'max-inflight': { type: 'string' },
   'max-domains': { type: 'string' },
   'max-devices': { type: 'string' },
+  'max-table-memory': { type: 'string' },
   tenant: { type: 'string', multiple: true },
   'tenant-file': { type: 'string', multiple: true },
   'shutdown-timeout': { type: 'string' },
@@ -130,6 +134,8 @@ async function serve(args: string[]): Promise<number> {
   const maxInflight = v['max-inflight'] === undefined ? DEFAULT_MAX_INFLIGHT : parseCount('--max-inflight', v['max-inflight'], 1, 2 ** 20);
   const maxDomains = v['max-domains'] === undefined ? DEFAULT_LIMITS.maxDomains : parseCount('--max-domains', v['max-domains'], 0, 2 ** 31);
   const maxDevices = v['max-devices'] === undefined ? DEFAULT_LIMITS.maxDevices : parseCount('--max-devices', v['max-devices'], 0, 2 ** 31);
+  const maxTableBytes = v['max-table-memory'] === undefined ? DEFAULT_LIMITS.maxTableBytes : parseBytes('--max-table-memory', v['max-table-memory']);
+  if (maxTableBytes !== null && (maxTableBytes < 4096 || maxTableBytes > 2 ** 32)) throw new UsageError('--max-table-memory must be from 4K to 4G');
   const shutdownMs = v['shutdown-timeout'] === undefined ? 10_000 : parseCount('--shutdown-timeout', v['shutdown-timeout'], 0, 2 ** 31);
   const level = v['log-level'] ?? 'info';
   if (!LEVELS.includes(level)) throw new UsageError(`--log-level must be one of ${LEVELS.join(', ')}, not '${level}'`);
@@ -154,7 +160,7 @@ async function serve(args: string[]): Promise<number> {
       ...(tableMemoryBytes !== undefined ? { tableMemoryBytes } : {}),
       maxFrame,
       maxInflight,
-      limits: { maxDomains, maxDevices },
+      limits: { maxDomains, maxDevices, maxTableBytes },
       tenantTokens,
       serverName: `iommud/${VERSION}`,
       log,

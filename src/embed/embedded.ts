@@ -8,7 +8,7 @@ import type { DirtyOptions, Domain, DomainOptions, LookupResult, PageTableInfo, 
 import type { IommuOptions, IommuStats } from '../core/iommu.js';
 import type { SgList } from '../core/sg.js';
 import { IommuError } from '../errors/errors.js';
-import type { DomainCall } from './host.js';
+import type { DomainCall, WireBudget } from './host.js';
 import { EngineThread } from './thread.js';
 import { sgToWire } from './wire.js';
 
@@ -47,9 +47,16 @@ export class EmbeddedIommu {
     }
   }
 
-  async allocDomain(options?: DomainOptions): Promise<EmbeddedDomain> {
-    const { id, pgsizeBitmap } = await this.thread.call((h) => h.allocDomain(options));
+  /** As Iommu.allocDomain; `tableBudget` is an EmbeddedTableBudget of this Iommu. */
+  async allocDomain(options?: EmbeddedDomainOptions): Promise<EmbeddedDomain> {
+    const { id, pgsizeBitmap } = await this.thread.call((h) => h.allocDomain(this.wireOptions(options)));
     return new EmbeddedDomain(this.thread, id, pgsizeBitmap);
+  }
+
+  /** As Iommu.createTableBudget: a ceiling on the table memory of the domains allocated with it. */
+  async createTableBudget(limitBytes: number): Promise<EmbeddedTableBudget> {
+    const { budget, limitBytes: limit } = await this.thread.call((h) => h.createTableBudget(limitBytes));
+    return new EmbeddedTableBudget(this.thread, budget, limit);
   }
 
   attachDevice(deviceId: number, domain: EmbeddedDomain): Promise<void> {
@@ -106,10 +113,56 @@ export class EmbeddedIommu {
     this.thread.call((h) => h.forwardFaults(on)).catch(() => undefined);
   }
 
+  /** Domain options with the budget as its number; anything else goes as it is, for the engine to check. */
+  private wireOptions(options: unknown): DomainOptions | undefined {
+    if (typeof options !== 'object' || options === null || !('tableBudget' in options) || options.tableBudget === undefined) {
+      return options as DomainOptions | undefined;
+    }
+    const budget = options.tableBudget;
+    if (!(budget instanceof EmbeddedTableBudget) || !budget.isOf(this.thread)) {
+      throw new IommuError('EINVAL', 'tableBudget must be an open TableBudget of this Iommu');
+    }
+    return { ...options, tableBudget: budget.wire } as unknown as DomainOptions;
+  }
+
   private domainId(domain: unknown): number {
     if (!(domain instanceof EmbeddedDomain)) throw new IommuError('EINVAL', 'attachDevice needs a domain of this embedded Iommu');
     if (!domain.isOf(this.thread)) throw new IommuError('ENOENT', 'attachDevice needs a live domain of this embedded Iommu');
     return domain.id;
+  }
+}
+
+/** Domain options, with an EmbeddedTableBudget where the library takes a TableBudget. */
+export type EmbeddedDomainOptions = Omit<DomainOptions, 'tableBudget'> & { tableBudget?: EmbeddedTableBudget };
+
+/** A TableBudget in the engine thread. */
+export class EmbeddedTableBudget {
+  /** @internal Use EmbeddedIommu.createTableBudget(). */
+  constructor(
+    private readonly thread: EngineThread,
+    private readonly id: number,
+    /** The ceiling, in bytes (a multiple of 4 KiB). */
+    readonly limitBytes: number,
+  ) {}
+
+  /** Table memory its domains hold now, in bytes (a getter in-process). */
+  usedBytes(): Promise<number> {
+    return this.thread.call((h) => h.budgetUsedBytes(this.id));
+  }
+
+  /** Gives the budget back; EBUSY while a live domain still draws on it. */
+  close(): Promise<void> {
+    return this.thread.call((h) => h.closeBudget(this.id));
+  }
+
+  /** @internal */
+  get wire(): WireBudget {
+    return { budget: this.id };
+  }
+
+  /** @internal */
+  isOf(thread: EngineThread): boolean {
+    return this.thread === thread;
   }
 }
 
@@ -168,6 +221,11 @@ export class EmbeddedDomain {
 
   free(): Promise<void> {
     return this.call('free');
+  }
+
+  /** The table memory this domain holds, in bytes (a getter in-process). */
+  tableBytes(): Promise<number> {
+    return this.thread.call((h) => h.tableBytes(this.id));
   }
 
   /** @internal */

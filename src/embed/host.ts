@@ -9,6 +9,7 @@
  * event loop is free and later calls (reads, calls on other ranges) go ahead.
  */
 import type { MessagePort } from 'node:worker_threads';
+import type { TableBudget } from '../core/budget.js';
 import type { Access } from '../core/devices.js';
 import type { Domain, DomainOptions } from '../core/domain.js';
 import { Iommu, type IommuOptions } from '../core/iommu.js';
@@ -22,12 +23,20 @@ export const DOMAIN_CALLS = [
 ] as const;
 export type DomainCall = (typeof DOMAIN_CALLS)[number];
 
+/** A TableBudget as it crosses: its number in the engine thread. */
+export interface WireBudget {
+  budget: number;
+}
+
 /** Test hook states of stall()'s flag word. */
 export const STALL = { WAITING: 0, STALLED: 1, RESUME: 2, EXIT: 3, THROW: 4 } as const;
 
 export class IommuHost {
   private iommu: Iommu | null = null;
   private readonly domains = new Map<number, Domain>();
+  /** Open budgets by number (our own: the engine reuses a closed budget's). */
+  private readonly budgets = new Map<number, TableBudget>();
+  private nextBudget = 1;
   private stopFaults: (() => void) | null = null;
 
   /** `events`: where device faults go while the main thread listens for them. */
@@ -39,7 +48,10 @@ export class IommuHost {
     return { workers: this.iommu.workers };
   }
 
+  /** `options.tableBudget`, if any, is a WireBudget. */
   allocDomain(options: DomainOptions | undefined): { id: number; pgsizeBitmap: number } {
+    const wire = (options as { tableBudget?: WireBudget } | undefined)?.tableBudget;
+    if (wire !== undefined) options = { ...options, tableBudget: this.budget(wire.budget) };
     const dom = this.engine().allocDomain(options);
     this.domains.set(dom.id, dom);
     return { id: dom.id, pgsizeBitmap: dom.pgsizeBitmap };
@@ -53,6 +65,31 @@ export class IommuHost {
     const result = await call.apply(dom, args);
     if (method === 'free') this.domains.delete(id);
     return result;
+  }
+
+  /** A domain's table memory in bytes (a getter in-process). */
+  tableBytes(id: number): number {
+    return this.domain(id).tableBytes;
+  }
+
+  createTableBudget(limitBytes: number): WireBudget & { limitBytes: number } {
+    const budget = this.engine().createTableBudget(limitBytes);
+    const id = this.nextBudget++;
+    this.budgets.set(id, budget);
+    return { budget: id, limitBytes: budget.limitBytes };
+  }
+
+  /** A closed budget holds nothing. */
+  budgetUsedBytes(id: number): number {
+    this.engine();
+    return this.budgets.get(id)?.usedBytes ?? 0;
+  }
+
+  /** As TableBudget.close(): EBUSY while a live domain draws on it; closing twice is nothing. */
+  closeBudget(id: number): void {
+    this.engine();
+    this.budgets.get(id)?.close();
+    this.budgets.delete(id);
   }
 
   attachDevice(deviceId: number, domainId: number): void {
@@ -112,6 +149,14 @@ export class IommuHost {
     return this.iommu;
   }
 
+  private budget(id: number): TableBudget {
+    this.engine();
+    const budget = this.budgets.get(id);
+    // The engine's own words for a closed budget.
+    if (budget === undefined) throw new IommuError('EINVAL', 'tableBudget must be an open TableBudget of this Iommu');
+    return budget;
+  }
+
   private domain(id: number): Domain {
     this.engine();
     const dom = this.domains.get(id);
@@ -123,7 +168,7 @@ export class IommuHost {
 
 /** The calls the main thread may make. */
 export const HOST_CALLS = [
-  'open', 'allocDomain', 'domainCall', 'attachDevice', 'detachDevice', 'translate', 'stats', 'recentFaults', 'forwardFaults', 'close', 'stall',
+  'open', 'allocDomain', 'domainCall', 'tableBytes', 'createTableBudget', 'budgetUsedBytes', 'closeBudget', 'attachDevice', 'detachDevice', 'translate', 'stats', 'recentFaults', 'forwardFaults', 'close', 'stall',
 ] as const satisfies readonly (keyof IommuHost)[];
 
 type HostCall = (typeof HOST_CALLS)[number];

@@ -2,7 +2,8 @@
  * iommud/embed: the engine in its own worker thread, for Node servers (see docs/api.md, "Embedding").
  * Prot, SgTable and the errors are the library's own, re-exported so one import is enough.
  */
-export { EmbeddedIommu, EmbeddedDomain } from './embedded.js';
+export { EmbeddedIommu, EmbeddedDomain, EmbeddedTableBudget } from './embedded.js';
+export type { EmbeddedDomainOptions } from './embedded.js';
 export { Prot } from '../core/prot.js';
 export { SgTable } from '../core/sg.js';
 export { FaultError } from '../core/devices.js';

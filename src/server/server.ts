@@ -34,7 +34,7 @@ export interface ServerOptions {
 }
 
 export const DEFAULT_MAX_INFLIGHT = 1024;
-export const DEFAULT_LIMITS: TenantLimits = { maxDomains: 1024, maxDevices: 4096 };
+export const DEFAULT_LIMITS: TenantLimits = { maxDomains: 1024, maxDevices: 4096, maxTableBytes: null };
 
 export class IommudServer {
   private readonly connections = new Set<Connection>();

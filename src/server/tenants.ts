@@ -10,6 +10,7 @@
  * The engine's stream ids are handed out here (StreamIds) and go back when a device is detached.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { TableBudget } from '../core/budget.js';
 import { FaultError, type Access, type DeviceFault } from '../core/devices.js';
 import type { Domain, DomainOptions } from '../core/domain.js';
 import type { Iommu } from '../core/iommu.js';
@@ -20,12 +21,18 @@ export interface TenantLimits {
   maxDomains: number;
   /** Devices one tenant may have attached at once; beyond, attach is EDQUOT. */
   maxDevices: number;
+  /** Page-table memory one tenant's domains may hold, in bytes; beyond, the call needing more is ENOMEM. null: no quota. */
+  maxTableBytes: number | null;
 }
 
 export interface TenantUsage {
   domains: number;
   devices: number;
   tablePages: number;
+  /** Table memory the tenant's domains hold (what counts against its quota), in bytes. */
+  tableBytes: number;
+  /** The tenant's quota of table memory, or null. */
+  maxTableBytes: number | null;
 }
 
 /** The engine's stream ids: the largest one is never attached, so translating it is a no-domain fault. */
@@ -56,6 +63,8 @@ export class Tenant {
   private readonly domains = new Map<number, Domain>();
   private nextDomain = 1;
   private readonly devices = new Map<number, DeviceEntry>();
+  /** The tenant's table-memory quota, shared by all its domains: opened with its first domain. */
+  private budget: TableBudget | null = null;
   /** Connections acting for this tenant now. */
   connections = 0;
 
@@ -75,7 +84,9 @@ export class Tenant {
     if (this.domains.size >= this.limits.maxDomains) {
       throw new IommuError('EDQUOT', `the tenant already holds its limit of ${this.limits.maxDomains} domains`);
     }
-    const dom = this.iommu.allocDomain(options);
+    const limit = this.limits.maxTableBytes;
+    if (limit !== null) this.budget ??= this.iommu.createTableBudget(limit);
+    const dom = this.iommu.allocDomain(this.budget ? { ...options, tableBudget: this.budget } : options);
     const id = this.nextDomain++;
     this.domains.set(id, dom);
     return { domain: id, pgsizeBitmap: dom.pgsizeBitmap };
@@ -158,13 +169,18 @@ export class Tenant {
 
   usage(): TenantUsage {
     let tablePages = 0;
-    for (const dom of this.domains.values()) tablePages += dom.pgtable.allTables().length / 2;
-    return { domains: this.domains.size, devices: this.devices.size, tablePages };
+    let tableBytes = 0;
+    for (const dom of this.domains.values()) {
+      tablePages += dom.pgtable.allTables().length / 2;
+      tableBytes += dom.tableBytes;
+    }
+    return { domains: this.domains.size, devices: this.devices.size, tablePages, tableBytes, maxTableBytes: this.limits.maxTableBytes };
   }
 
   /**
-   * Detaches every device and frees every domain (an anonymous tenant whose connection closed). Goes
-   * on past a failure, so one stuck domain does not leak the rest; throws the first failure at the end.
+   * Detaches every device and frees every domain (an anonymous tenant whose connection closed), then
+   * gives its quota back to the engine. Goes on past a failure, so one stuck domain does not leak the
+   * rest; throws the first failure at the end.
    */
   async releaseAll(): Promise<void> {
     let first: unknown = null;
@@ -181,6 +197,10 @@ export class Tenant {
       } catch (e) {
         first ??= e;
       }
+    }
+    if (this.domains.size === 0) {
+      this.budget?.close();
+      this.budget = null;
     }
     if (first !== null) throw first;
   }

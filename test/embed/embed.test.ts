@@ -13,7 +13,7 @@ import { EmbeddedDomain, EmbeddedIommu } from '../../src/embed/index.js';
 import { STALL_ENGINE } from '../../src/embed/embedded.js';
 import { STALL } from '../../src/embed/host.js';
 import { sgFromWire, sgToWire, type WireSg } from '../../src/embed/wire.js';
-import { FaultError, Iommu, IommuError, Prot, SgTable, type DomainOptions, type SgEntry } from '../../src/index.js';
+import { FaultError, Iommu, IommuError, Prot, SgTable, type SgEntry } from '../../src/index.js';
 import { rejectsWith } from '../helpers/errno.js';
 import { rng } from '../helpers/rng.js';
 import { tempDir } from '../server/daemon.js';
@@ -50,7 +50,7 @@ interface AnyDomain {
   free(): unknown;
 }
 interface AnyIommu {
-  allocDomain(options?: DomainOptions): AnyDomain | Promise<AnyDomain>;
+  allocDomain(options?: { dirtyTracking?: boolean; invalidateOnMap?: boolean }): AnyDomain | Promise<AnyDomain>;
   attachDevice(deviceId: number, domain: never): unknown;
   translate(deviceId: unknown, iova: unknown, access: unknown): unknown;
   stats(): unknown;
@@ -163,6 +163,30 @@ test('a device fault reaches onFault listeners on the main thread', async (t) =>
   await got;
   t.deepEqual(seen, [{ reason: 'translation', deviceId: 4, iova: 0x7000, access: 'read', domain: dom.id }]);
   t.deepEqual(await iommu.recentFaults(), seen);
+});
+
+test('table budgets and tableBytes work as in-process', async (t) => {
+  const iommu = await embedded(t);
+  const budget = await iommu.createTableBudget(0x4000 + 100);
+  t.is(budget.limitBytes, 0x4000, 'rounded down to 4 KiB units');
+  const dom = await iommu.allocDomain({ tableBudget: budget });
+  t.is(await dom.tableBytes(), 0x1000, 'the root table');
+  await dom.map(0, 0x1000, 0x1000, RW); // three tables below the root: the whole budget
+  t.is(await budget.usedBytes(), 0x4000);
+  await rejectsWith(t, () => dom.map(2 ** 30, 0x1000, 0x1000, RW), 'ENOMEM', 'two more tables do not fit');
+  t.is(await dom.tableBytes(), 0x4000, 'rolled back');
+  await rejectsWith(t, () => iommu.allocDomain({ tableBudget: budget }), 'ENOMEM', 'nor does another root');
+  const free = await iommu.allocDomain();
+  await free.map(2 ** 30, 0x1000, 0x1000, RW);
+  t.is(await free.tableBytes(), 0x4000, 'a domain without the budget is not limited by it');
+  await rejectsWith(t, () => budget.close(), 'EBUSY');
+  await dom.free();
+  t.is(await budget.usedBytes(), 0);
+  await budget.close();
+  await budget.close();
+  await rejectsWith(t, () => iommu.allocDomain({ tableBudget: budget }), 'EINVAL', 'a closed budget');
+  const other = await embedded(t);
+  await rejectsWith(t, async () => iommu.allocDomain({ tableBudget: await other.createTableBudget(0x4000) }), 'EINVAL', "another Iommu's budget");
 });
 
 /** Sends `sg` through a real MessagePort, as a call does, and revives it on the other side. */

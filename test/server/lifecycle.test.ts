@@ -19,7 +19,7 @@ test('iommud --help and serve --help describe every command and option', async (
   t.is(serve.code, 0);
   const options = [
     '--socket', '--no-socket', '--tcp', '--tcp-any', '--workers', '--table-memory', '--max-frame', '--max-inflight',
-    '--max-domains', '--max-devices', '--tenant', '--tenant-file', '--shutdown-timeout', '--log-level', '--help',
+    '--max-domains', '--max-devices', '--max-table-memory', '--tenant', '--tenant-file', '--shutdown-timeout', '--log-level', '--help',
   ];
   for (const o of options) t.regex(serve.stdout, new RegExp(`^\\s+(-h, )?${o}\\b`, 'm'), o);
   // The help lists exactly the options the parser accepts.
@@ -44,6 +44,8 @@ test('bad usage: a clear message and exit code 2', async (t) => {
     [['serve', '--table-memory', '12 parsecs'], /--table-memory takes a size/],
     [['serve', '--table-memory', '1K'], /--table-memory must be from 128K to 4G/],
     [['serve', '--max-frame', '10'], /--max-frame must be from 64/],
+    [['serve', '--max-table-memory', 'lots'], /--max-table-memory takes a size/],
+    [['serve', '--max-table-memory', '1K'], /--max-table-memory must be from 4K to 4G/],
     [['serve', '--tcp', 'localhost'], /--tcp takes HOST:PORT/],
     [['serve', '--tcp', '8.8.8.8:7420'], /not a loopback address; add --tcp-any/],
     [['serve', '--tcp', '0.0.0.0:7420'], /not a loopback address/],

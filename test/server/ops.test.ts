@@ -160,7 +160,7 @@ test.serial('stats: the daemon-wide counters with snake_case keys, plus the call
   t.is(typeof s.tables!.bytes, 'number');
   t.is(typeof s.domains, 'number');
   t.is(typeof s.devices, 'number');
-  t.deepEqual(s.tenant, { domains: 1, devices: 0, table_pages: 4 });
+  t.deepEqual(s.tenant, { domains: 1, devices: 0, table_pages: 4, table_bytes: 4 * 4096, max_table_bytes: null });
   for (const key of Object.keys(s)) t.regex(key, /^[a-z_]+$/);
   t.is(errorOf(await c.call({ op: 'stats', verbose: true })), 'EINVAL');
   c.destroy();
