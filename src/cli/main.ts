@@ -10,7 +10,7 @@ import { extractOpReference, renderOpReference, spliceOpReference } from '../pro
 import { DEFAULT_MAX_FRAME, MAX_MAX_FRAME } from '../protocol/frame.js';
 import { DEFAULT_LIMITS, DEFAULT_MAX_INFLIGHT, IommudServer } from '../server/server.js';
 import { defaultSocketPath, SocketPathError } from '../server/socket-path.js';
-import { isLoopback, parseBytes, parseCount, parseHostPort, parseTenantToken, readTenantFile, UsageError } from './options.js';
+import { parseBytes, parseCount, parseListenAddress, parseTenantToken, readTenantFile, UsageError } from './options.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -65,6 +65,13 @@ Protocol and limits:
   --shutdown-timeout MS    on SIGINT/SIGTERM, how long to wait for clients to take their answers
                            before cutting them (default 10000)
 
+Observability:
+  --metrics HOST:PORT      serve Prometheus metrics at http://HOST:PORT/metrics (off by default):
+                           the engine's stats, requests by op and outcome, request latency, and
+                           Node's process metrics. Once serving, prints a second line to stdout:
+                             iommud metrics on http://HOST:PORT/metrics
+  --metrics-any            allow a --metrics HOST that is not a loopback address
+
 Other:
   --log-level LEVEL        fatal, error, warn, info (default), debug, trace or silent
   -h, --help               this text
@@ -95,6 +102,8 @@ const SERVE_OPTIONS = {
   tenant: { type: 'string', multiple: true },
   'tenant-file': { type: 'string', multiple: true },
   'shutdown-timeout': { type: 'string' },
+  metrics: { type: 'string' },
+  'metrics-any': { type: 'boolean' },
   'log-level': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } satisfies ParseArgsConfig['options'];
@@ -120,10 +129,9 @@ async function serve(args: string[]): Promise<number> {
   if (v['tcp-any'] && v.tcp === undefined) throw new UsageError('--tcp-any is only meaningful with --tcp');
   const socketPath = v['no-socket'] ? null : (v.socket ?? defaultSocketPath());
   if (socketPath === '') throw new UsageError('--socket needs a path');
-  const tcp = v.tcp === undefined ? null : parseHostPort('--tcp', v.tcp);
-  if (tcp && !isLoopback(tcp.host) && !v['tcp-any']) {
-    throw new UsageError(`--tcp ${tcp.host} is not a loopback address; add --tcp-any to listen there anyway`);
-  }
+  const tcp = v.tcp === undefined ? null : parseListenAddress('--tcp', v.tcp, '--tcp-any', v['tcp-any'] ?? false);
+  if (v['metrics-any'] && v.metrics === undefined) throw new UsageError('--metrics-any is only meaningful with --metrics');
+  const metrics = v.metrics === undefined ? null : parseListenAddress('--metrics', v.metrics, '--metrics-any', v['metrics-any'] ?? false);
   const workers = v.workers === undefined ? undefined : parseCount('--workers', v.workers, 0, 256);
   const tableMemoryBytes = v['table-memory'] === undefined ? undefined : parseBytes('--table-memory', v['table-memory']);
   if (tableMemoryBytes !== undefined && (tableMemoryBytes < 128 * 1024 || tableMemoryBytes > 2 ** 32)) {
@@ -163,6 +171,7 @@ async function serve(args: string[]): Promise<number> {
       limits: { maxDomains, maxDevices, maxTableBytes },
       tenantTokens,
       serverName: `iommud/${VERSION}`,
+      metrics,
       log,
     });
   } catch (e) {
@@ -198,6 +207,7 @@ async function serve(args: string[]): Promise<number> {
   });
   log.info({ addresses: server.addresses, workers: workers ?? 'default', maxFrame }, 'listening');
   process.stdout.write(`iommud listening on ${server.addresses.join(' and ')}\n`);
+  if (server.metricsAddress) process.stdout.write(`iommud metrics on http://${server.metricsAddress}/metrics\n`);
   return stopped;
 }
 

@@ -51,6 +51,15 @@ export function parseHostPort(option: string, text: string): HostPort {
   return { host, port };
 }
 
+/** A listener's HOST:PORT: a loopback address, unless the user insists (`any`, given by `anyOption`). */
+export function parseListenAddress(option: string, text: string, anyOption: string, any: boolean): HostPort {
+  const address = parseHostPort(option, text);
+  if (!any && !isLoopback(address.host)) {
+    throw new UsageError(`${option} ${address.host} is not a loopback address; add ${anyOption} to listen there anyway`);
+  }
+  return address;
+}
+
 /** Whether `host` can only be reached from this machine: 127.0.0.0/8, ::1 or localhost. */
 export function isLoopback(host: string): boolean {
   if (host === 'localhost') return true;

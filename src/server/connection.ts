@@ -95,18 +95,27 @@ export class Connection {
   }
 
   private onFrame(body: Buffer): void {
+    const start = performance.now();
     let id: RequestId = null;
     try {
       const request = parseRequest(body);
       id = request.id;
-      this.dispatch(request.op, request.id, request.args);
+      this.dispatch(request.op, request.id, request.args, start);
     } catch (e) {
-      if (e instanceof RequestError) this.send(errorResponseFor(e.id, e.error));
-      else this.send(errorResponseFor(id, e));
+      const error = e instanceof RequestError ? e.error : e;
+      this.send(errorResponseFor(e instanceof RequestError ? e.id : id, error));
+      // Not the op the client named: an unknown op would make the label set unbounded.
+      this.observe('invalid', error, start);
     }
   }
 
-  private dispatch<O extends OpName>(op: O, id: RequestId, args: ArgsOf<O>): void {
+  /** Counts an answered request in the metrics, if the daemon keeps them. */
+  private observe(op: string, outcome: unknown, start: number): void {
+    const code = outcome === null ? 'ok' : outcome instanceof IommuError ? outcome.code : 'EIO';
+    this.daemon.metrics?.observe(op, code, (performance.now() - start) / 1000);
+  }
+
+  private dispatch<O extends OpName>(op: O, id: RequestId, args: ArgsOf<O>, start: number): void {
     const handler = HANDLERS[op] as Handler<O>;
     const order = handler.order(this.session, args);
     const build = OPS[op].result.build as (answer: unknown) => unknown;
@@ -114,6 +123,7 @@ export class Connection {
       order,
       run: () => handler.run(this.session, args),
       done: (ok, value) => {
+        this.observe(op, ok ? null : value, start);
         try {
           if (ok) this.send(okResponse(id, build(value)));
           else {

@@ -4,11 +4,13 @@
  * request already read on every connection, closes the engine and removes the socket file.
  */
 import { chmodSync, statSync, unlinkSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { Iommu } from '../core/iommu.js';
 import { DEFAULT_MAX_FRAME } from '../protocol/frame.js';
 import { Connection } from './connection.js';
+import { DaemonMetrics } from './metrics.js';
 import type { Daemon } from './session.js';
 import { clearStaleSocket } from './socket-path.js';
 import { Tenants, type TenantLimits } from './tenants.js';
@@ -30,6 +32,8 @@ export interface ServerOptions {
   /** Tenants that must present a token in hello: name → token. */
   tenantTokens?: ReadonlyMap<string, string>;
   serverName?: string;
+  /** Serve Prometheus metrics at http://HOST:PORT/metrics. */
+  metrics?: TcpAddress | null;
   log: Logger;
 }
 
@@ -44,6 +48,8 @@ export class IommudServer {
   private stopping: Promise<void> | null = null;
   /** Where it listens, as printed: socket paths and HOST:PORT. */
   readonly addresses: string[] = [];
+  /** Where the metrics are served (HOST:PORT), if they are. */
+  metricsAddress: string | null = null;
 
   private constructor(
     private readonly daemon: Daemon,
@@ -58,18 +64,25 @@ export class IommudServer {
       ...(options.tableMemoryBytes !== undefined ? { tableMemoryBytes: options.tableMemoryBytes } : {}),
     });
     const limits = { ...DEFAULT_LIMITS, ...options.limits };
+    const tenants = new Tenants(iommu, limits, options.tenantTokens ?? new Map());
+    let server: IommudServer | null = null;
+    const metrics = options.metrics
+      ? new DaemonMetrics(() => ({ stats: iommu.stats(), connections: server?.connectionCount ?? 0, namedTenants: tenants.namedCount }))
+      : null;
     const daemon: Daemon = {
       iommu,
-      tenants: new Tenants(iommu, limits, options.tenantTokens ?? new Map()),
+      tenants,
       serverName: options.serverName ?? 'iommud',
       maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
       maxInflight: options.maxInflight ?? DEFAULT_MAX_INFLIGHT,
+      metrics,
       log: options.log,
     };
-    const server = new IommudServer(daemon, options);
+    server = new IommudServer(daemon, options);
     try {
       if (options.socketPath !== null) await server.listenUnix(options.socketPath);
       if (options.tcp) await server.listenTcp(options.tcp);
+      if (metrics && options.metrics) await server.listenMetrics(options.metrics, metrics);
     } catch (e) {
       await server.closeListeners();
       await iommu.close();
@@ -118,8 +131,15 @@ export class IommudServer {
   private async listenTcp(tcp: TcpAddress): Promise<void> {
     const server = this.newServer();
     await listen(server, (cb) => server.listen(tcp.port, tcp.host, cb));
-    const a = server.address() as AddressInfo;
-    this.addresses.push(a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
+    this.addresses.push(hostPort(server));
+  }
+
+  private async listenMetrics(address: TcpAddress, metrics: DaemonMetrics): Promise<void> {
+    const http = createHttpServer(metrics.handle);
+    http.on('error', (err) => this.daemon.log.error({ err }, 'metrics listener error'));
+    this.listeners.push(http);
+    await listen(http, (cb) => http.listen(address.port, address.host, cb));
+    this.metricsAddress = hostPort(http);
   }
 
   /**
@@ -168,6 +188,12 @@ export class IommudServer {
       // Already gone.
     }
   }
+}
+
+/** A TCP listener's address as printed: HOST:PORT, [IPv6]:PORT. */
+function hostPort(server: Server): string {
+  const a = server.address() as AddressInfo;
+  return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
 }
 
 function listen(server: Server, start: (cb: () => void) => void): Promise<void> {

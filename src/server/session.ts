@@ -4,6 +4,7 @@
 import type { Logger } from 'pino';
 import type { Iommu } from '../core/iommu.js';
 import { IommuError } from '../errors/errors.js';
+import type { DaemonMetrics } from './metrics.js';
 import type { Tenant, Tenants } from './tenants.js';
 
 /** The daemon's parts every connection shares. */
@@ -14,6 +15,8 @@ export interface Daemon {
   readonly maxFrame: number;
   /** Requests one connection may have in flight or waiting before the server stops reading it. */
   readonly maxInflight: number;
+  /** Request counts and latencies, when the daemon serves metrics. */
+  readonly metrics: DaemonMetrics | null;
   readonly log: Logger;
 }
 

@@ -19,7 +19,7 @@ test('iommud --help and serve --help describe every command and option', async (
   t.is(serve.code, 0);
   const options = [
     '--socket', '--no-socket', '--tcp', '--tcp-any', '--workers', '--table-memory', '--max-frame', '--max-inflight',
-    '--max-domains', '--max-devices', '--max-table-memory', '--tenant', '--tenant-file', '--shutdown-timeout', '--log-level', '--help',
+    '--max-domains', '--max-devices', '--max-table-memory', '--tenant', '--tenant-file', '--shutdown-timeout', '--metrics', '--metrics-any', '--log-level', '--help',
   ];
   for (const o of options) t.regex(serve.stdout, new RegExp(`^\\s+(-h, )?${o}\\b`, 'm'), o);
   // The help lists exactly the options the parser accepts.
@@ -51,6 +51,9 @@ test('bad usage: a clear message and exit code 2', async (t) => {
     [['serve', '--tcp', '0.0.0.0:7420'], /not a loopback address/],
     [['serve', '--tcp', '127.0.0.1:70000'], /above 65535/],
     [['serve', '--tcp-any'], /only meaningful with --tcp/],
+    [['serve', '--metrics', '10.0.0.1:9464'], /--metrics 10.0.0.1 is not a loopback address; add --metrics-any/],
+    [['serve', '--metrics', 'nine'], /--metrics takes HOST:PORT/],
+    [['serve', '--metrics-any'], /only meaningful with --metrics/],
     [['serve', '--no-socket'], /--no-socket needs --tcp/],
     [['serve', '--tenant', 'nocolon'], /--tenant takes NAME:TOKEN/],
     [['serve', '--tenant-file', '/nonexistent/file'], /cannot read/],
