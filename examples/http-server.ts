@@ -25,17 +25,38 @@ const STATUS: Record<Errno, number> = {
   ENOMEM: 507, EDQUOT: 507,
 };
 
-const { values: args } = parseArgs({
-  options: {
-    host: { type: 'string', default: '127.0.0.1' },
-    port: { type: 'string', default: '8080' },
-    workers: { type: 'string' },
-    'max-body': { type: 'string', default: String(16 * 2 ** 20) },
-  },
-});
-const maxBody = Number(args['max-body']);
+/** A bad command line or engine option: say so, exit 2. */
+function usage(message: string): never {
+  console.error(`http-server: ${message}\nusage: node dist/examples/http-server.js [--host H] [--port P] [--workers N] [--max-body BYTES]`);
+  process.exit(2);
+}
 
-const iommu = await EmbeddedIommu.create(args.workers === undefined ? {} : { workers: Number(args.workers) });
+function whole(name: string, text: string, max: number): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n > max) usage(`--${name} takes a whole number up to ${max}, not '${text}'`);
+  return n;
+}
+
+let parsed;
+try {
+  parsed = parseArgs({
+    options: {
+      host: { type: 'string', default: '127.0.0.1' },
+      port: { type: 'string', default: '8080' },
+      workers: { type: 'string' },
+      'max-body': { type: 'string', default: String(16 * 2 ** 20) },
+    },
+  }).values;
+} catch (e) {
+  usage((e as Error).message);
+}
+const args = parsed;
+const port = whole('port', args.port, 65535);
+const maxBody = whole('max-body', args['max-body'], 2 ** 30);
+
+const iommu = await EmbeddedIommu.create(args.workers === undefined ? {} : { workers: whole('workers', args.workers, 256) }).catch(
+  (e: IommuError) => usage(e.message),
+);
 const domains = new Map<number, EmbeddedDomain>();
 
 type Body = Record<string, unknown>;
@@ -149,7 +170,8 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 }
 
 const server = createServer((req, res) => void handle(req, res));
-server.listen(Number(args.port), args.host, () => {
+server.on('error', (e) => usage(`cannot listen on ${args.host}:${port}: ${e.message}`));
+server.listen(port, args.host, () => {
   const a = server.address() as AddressInfo;
   console.log(`iommud example listening on http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`);
 });

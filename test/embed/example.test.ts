@@ -3,7 +3,7 @@
  */
 import test from 'ava';
 import { fileURLToPath } from 'node:url';
-import { startProcess, type RunningProcess } from '../server/daemon.js';
+import { runNode, startProcess, type RunningProcess } from '../server/daemon.js';
 
 const EXAMPLE_JS = fileURLToPath(new URL('../../examples/http-server.js', import.meta.url));
 
@@ -83,4 +83,16 @@ test.serial('requests at once are served at once, and SIGTERM stops the server c
   const reads = await Promise.all(Array.from({ length: 32 }, (_, i) => call('GET', `/domains/${id}/iova/${i * 0x1000}`)));
   t.deepEqual(reads.map((r) => (r.json as { phys: number }).phys), Array.from({ length: 32 }, (_, i) => 0x10_0000 + i * 0x1000));
   t.deepEqual(await server.stop('SIGTERM'), { code: 0, signal: null });
+});
+
+test('a bad command line is a clear message and exit code 2', async (t) => {
+  for (const [args, message] of [
+    [['--port', 'eighty'], /--port takes a whole number/],
+    [['--workers', '1.5'], /--workers takes a whole number/],
+    [['--colour', 'red'], /Unknown option '--colour'/],
+  ] as const) {
+    const r = await runNode([EXAMPLE_JS, ...args]);
+    t.is(r.code, 2, args.join(' '));
+    t.regex(r.stderr, message);
+  }
 });

@@ -48,8 +48,13 @@ export interface StartOptions {
 }
 
 export function runCli(args: string[], env?: NodeJS.ProcessEnv): Promise<Exit & { stdout: string; stderr: string }> {
+  return runNode([MAIN_JS, ...args], env);
+}
+
+/** Runs `node ...argv` to its end: exit code or signal, stdout, stderr. */
+export function runNode(argv: string[], env?: NodeJS.ProcessEnv): Promise<Exit & { stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const proc = spawn(process.execPath, [MAIN_JS, ...args], { env: env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(process.execPath, argv, { env: env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     proc.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
