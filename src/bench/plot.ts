@@ -74,7 +74,7 @@ export async function plotSvg(ms: readonly Measurement[], title: string): Promis
     vconcat: charts,
     // Each chart keeps its own colours and legend.
     resolve: { scale: { color: 'independent' } },
-    config: { font: 'sans-serif', legend: { labelLimit: 400 } },
+    config: { font: 'sans-serif', legend: { labelLimit: 0 } },
   } as TopLevelSpec;
   const [vega, vegaLite] = await Promise.all([import('vega'), import('vega-lite')]);
   const view = new vega.View(vega.parse(vegaLite.compile(spec).spec), { renderer: 'none' });
