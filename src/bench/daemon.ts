@@ -29,6 +29,8 @@ const MAIN_JS = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 const PROT = 3;
 const IOVA_BASE = 2 ** 32;
 const PHYS_BASE = 2 ** 36;
+/** How long the load waits for any answer before it gives up on the daemon. */
+const STALL_MS = 10_000;
 /** Pages each connection cycles through; map and unmap of page k use ids 2k+1 and 2k+2. */
 const PAGES = 64;
 
@@ -163,9 +165,10 @@ class LoadConn {
 
   /** One request outside the load (setup, stats), answered before anything else is sent. */
   async call(request: Record<string, unknown>): Promise<NonNullable<Answer['result']>> {
-    const answer = new Promise<Answer>((resolve) => (this.oneAnswer = resolve));
-    this.socket.write(encodeFrame({ id: 0, ...request }));
-    const a = await answer;
+    const a = await this.settle<Answer>((resolve) => {
+      this.oneAnswer = resolve;
+      this.socket.write(encodeFrame({ id: 0, ...request }));
+    });
     if (!a.ok) fail(`${String(request.op)}: ${a.error?.code} ${a.error?.message}`);
     return a.result!;
   }
@@ -176,10 +179,32 @@ class LoadConn {
     this.answered = 0;
     this.target = requests;
     this.hist = hist;
-    return new Promise((resolve, reject) => {
+    return this.settle<void>((resolve) => {
       this.done = resolve;
-      this.failed = reject;
       this.flush(Math.min(depth, requests));
+    });
+  }
+
+  /**
+   * Resolves as `start` arranges; rejects if the connection fails, or if no answer at all arrives
+   * within one to two STALL_MS (a daemon that stopped answering must not hang the benchmark).
+   */
+  private settle<T>(start: (resolve: (value: T) => void) => void): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      let seen = -1;
+      const watchdog = setInterval(() => {
+        if (this.answered === seen) this.abort(new Error(`bench: the daemon answered nothing for ${STALL_MS / 1000} s`));
+        seen = this.answered;
+      }, STALL_MS);
+      this.failed = (e) => {
+        clearInterval(watchdog);
+        reject(e);
+      };
+      start((value) => {
+        clearInterval(watchdog);
+        this.failed = null;
+        resolve(value);
+      });
     });
   }
 
@@ -219,6 +244,7 @@ class LoadConn {
     const f = this.failed;
     this.failed = null;
     this.done = null;
+    this.oneAnswer = null;
     f?.(e);
   }
 

@@ -4,7 +4,7 @@
  * its scaling and batching results (--plot). Everything a bad command line can get wrong is checked
  * before anything runs: a usage error costs no benchmark time.
  */
-import { statSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, statSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import { compare, printComparison, readResult } from '../bench/compare.js';
@@ -87,6 +87,11 @@ export async function bench(args: string[]): Promise<number> {
     }
     if (!statSync(dirname(v.plot), { throwIfNoEntry: false })?.isDirectory()) {
       throw new UsageError(`bench: --plot ${v.plot}: no directory ${dirname(v.plot)} to write it in`);
+    }
+    try {
+      accessSync(dirname(v.plot), constants.W_OK);
+    } catch {
+      throw new UsageError(`bench: --plot ${v.plot}: ${dirname(v.plot)} is not writable`);
     }
   }
 
