@@ -2,7 +2,7 @@
  * Summarises a V8 CPU profile (`node --cpu-prof`) by function: self time and inclusive ("total") time,
  * as a share of the samples. Used to find where a benchmark's time goes:
  *
- *   node --cpu-prof --cpu-prof-dir=/tmp/prof --cpu-prof-interval 100 dist/scripts/bench.js core --filter 'scattered, SgTable'
+ *   node --cpu-prof --cpu-prof-dir=/tmp/prof --cpu-prof-interval 100 dist/src/cli/main.js bench core --filter 'scattered, SgTable'
  *   node dist/scripts/bench/profile-summary.js /tmp/prof/*.cpuprofile [--top 25] [--match src/]
  *
  * --match keeps only functions whose url contains the text (others still count in the total).

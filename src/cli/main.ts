@@ -19,6 +19,7 @@ const MAIN_HELP = `iommud ${VERSION} — a software IOMMU engine and its daemon
 Usage:
   iommud serve [options]        run the daemon (see iommud serve --help)
   iommud protocol [options]     print the wire protocol's op reference (see iommud protocol --help)
+  iommud bench [SUITE...]       run benchmarks and compare or plot them (see iommud bench --help)
   iommud --help                 this text
   iommud --version              the version
 
@@ -242,6 +243,8 @@ async function main(argv: string[]): Promise<number> {
       return serve(rest);
     case 'protocol':
       return protocol(rest);
+    case 'bench': // loaded on demand: the daemon needs none of the benchmarks
+      return (await import('./bench.js')).bench(rest);
     case 'help':
     case '--help':
     case '-h':

@@ -1,5 +1,5 @@
 /**
- * A small benchmark harness for iommud's benchmarks (scripts/bench.ts).
+ * A small benchmark harness for iommud's benchmarks (`iommud bench`, src/cli/bench.ts).
  *
  * Why not tinybench/mitata: the cases here are whole operations of milliseconds (a map_sg of a million
  * pages) or loops of many tiny calls timed as one sample, so a per-call harness adds nothing; what
@@ -14,6 +14,7 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { cpuSnapshot, otherLoad } from './machine.js';
+import type { Progress } from './progress.js';
 
 /** A forced full GC, or null if the runtime refused to expose it. Used only outside timed regions. */
 export const gc: (() => void) | null = (() => {
@@ -56,9 +57,10 @@ export interface Measurement {
   /**
    * 'time': repeated timings; 'memory': a deterministic single reading; 'ratio': medians divided;
    * 'paired': per-repetition ratios of two series timed in the same repetitions (samples = the ratios);
-   * 'derived': a time series converted sample by sample (e.g. ns per MiB -> GB/s).
+   * 'derived': a time series converted sample by sample (e.g. ns per MiB -> GB/s);
+   * 'count': a deterministic single reading of a counter, or of a model computed from counters.
    */
-  kind: 'time' | 'memory' | 'ratio' | 'paired' | 'derived';
+  kind: 'time' | 'memory' | 'ratio' | 'paired' | 'derived' | 'count';
   median: number;
   min: number;
   max: number;
@@ -146,7 +148,10 @@ export interface RunOptions {
   warmup: number;
   /** Case-insensitive substrings; a step runs if "group/step" contains any of them (all if empty). */
   filters: string[];
-  /** Progress lines (stderr). */
+  /** Smaller sizes where a suite has them (its own case ids), for a run of seconds; not comparable. */
+  quick: boolean;
+  /** Progress lines and bars (stderr). */
+  progress: Progress;
   log: (line: string) => void;
 }
 
@@ -179,15 +184,17 @@ export class BenchContext {
     const cpu0 = cpuSnapshot();
     // Collect the garbage of whatever ran before, once, before the warm-up (which re-optimizes).
     gc?.();
+    const bar = this.options.progress.group(spec.name, warmup + reps);
     for (let r = 0; r < warmup + reps; r++) {
       timer.recording = r >= warmup;
       for (let k = 0; k < steps.length; k++) {
         const step = steps[(k + r) % steps.length]!;
         await step.run(timer);
       }
-      this.options.log(`  ${spec.name}: ${r < warmup ? 'warm-up' : 'rep'} ${r < warmup ? r + 1 : r - warmup + 1}/${r < warmup ? warmup : reps}`);
+      bar.tick(`${r < warmup ? 'warm-up' : 'rep'} ${r < warmup ? r + 1 : r - warmup + 1}/${r < warmup ? warmup : reps}`);
     }
     const others = otherLoad(cpu0, cpuSnapshot()).othersCores;
+    bar.done();
     for (const [key, s] of timer.series) {
       this.add({
         group: spec.name,
@@ -202,8 +209,15 @@ export class BenchContext {
     this.options.log(`  ${spec.name}: done in ${((Date.now() - started) / 1000).toFixed(1)} s; other processes used ${others ?? '?'} cores meanwhile`);
   }
 
-  /** Records a deterministic reading (memory), one sample. */
-  reading(group: string, name: string, unit: string, value: number, opsPerSample: number, extra?: { target?: Target; note?: string }): Measurement {
+  /** Records a deterministic reading (memory, or a count with kind 'count'), one sample. */
+  reading(
+    group: string,
+    name: string,
+    unit: string,
+    value: number,
+    opsPerSample: number,
+    extra?: { target?: Target; note?: string; kind?: 'memory' | 'count' },
+  ): Measurement {
     return this.add({ group, name, unit, kind: 'memory', samples: [value], opsPerSample, ...extra });
   }
 

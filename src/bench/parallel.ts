@@ -19,11 +19,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { Piscina } from 'piscina';
-import { Iommu, SgTable, type Domain } from '../../src/index.js';
-import { PARALLEL_MIN_PAGES } from '../../src/core/parallel.js';
+import { Iommu, SgTable, type Domain } from '../index.js';
+import { PARALLEL_MIN_PAGES } from '../core/parallel.js';
 import { BITMAP_4K, IOVA_BASE, PROT, verifyMapped, verifyUnmapped } from './core.js';
 import { Ctl, touch } from './fill-worker.js';
-import { median, type BenchContext, type Suite, type Target, type Timer } from './harness.js';
+import { median, type BenchContext, type Measurement, type Suite, type Target, type Timer } from './harness.js';
 import { PAGE, RUN_2M, contiguousPhys, countRuns, mixedPhys, scatteredPhys, toSgTable } from './sglists.js';
 
 export const WORKER_COUNTS = [0, 1, 2] as const;
@@ -68,6 +68,12 @@ export interface ParCase {
   leaf: number;
 }
 
+/** The keys of the four lists of one size: contiguous, scattered, 2M runs on default and 4K-only bitmaps. */
+function listKeys(pages: number): [string, string, string, string] {
+  const s = sizeLabel(pages);
+  return [`contiguous ${s} x 4K`, `scattered ${s} x 4K`, `2M runs ${s} x 4K, default bitmap`, `2M runs ${s} x 4K, 4K-only`];
+}
+
 function buildCases(): ParCase[] {
   const max = SIZES[0];
   const contig = contiguousPhys(max, PHYS_CONTIG);
@@ -75,7 +81,6 @@ function buildCases(): ParCase[] {
   const mixed = mixedPhys(max, PHYS_MIXED, SEED + 1);
   const out: ParCase[] = [];
   for (const pages of SIZES) {
-    const s = sizeLabel(pages);
     const c = contig.subarray(0, pages);
     const sc = scatter.subarray(0, pages);
     const m = mixed.subarray(0, pages);
@@ -83,11 +88,12 @@ function buildCases(): ParCase[] {
     if (countRuns(sc) !== pages) fail('scattered list has merging entries');
     if (countRuns(m) !== pages / (RUN_2M / PAGE)) fail('2M-run list does not form pages/512 runs');
     const mixedSg = toSgTable(m);
+    const key = listKeys(pages);
     out.push(
-      { key: `contiguous ${s} x 4K`, shape: 'contiguous', pages, phys: c, sg: toSgTable(c), bitmap: BITMAP_4K, leaf: PAGE },
-      { key: `scattered ${s} x 4K`, shape: 'scattered', pages, phys: sc, sg: toSgTable(sc), bitmap: BITMAP_4K, leaf: PAGE },
-      { key: `2M runs ${s} x 4K, default bitmap`, shape: '2M runs, default bitmap', pages, phys: m, sg: mixedSg, bitmap: undefined, leaf: RUN_2M },
-      { key: `2M runs ${s} x 4K, 4K-only`, shape: '2M runs, 4K-only', pages, phys: m, sg: mixedSg, bitmap: BITMAP_4K, leaf: PAGE },
+      { key: key[0], shape: 'contiguous', pages, phys: c, sg: toSgTable(c), bitmap: BITMAP_4K, leaf: PAGE },
+      { key: key[1], shape: 'scattered', pages, phys: sc, sg: toSgTable(sc), bitmap: BITMAP_4K, leaf: PAGE },
+      { key: key[2], shape: '2M runs, default bitmap', pages, phys: m, sg: mixedSg, bitmap: undefined, leaf: RUN_2M },
+      { key: key[3], shape: '2M runs, 4K-only', pages, phys: m, sg: mixedSg, bitmap: BITMAP_4K, leaf: PAGE },
     );
   }
   return out;
@@ -175,9 +181,32 @@ function speedups(ctx: BenchContext, group: string, label: string, names: (w: nu
   }
 }
 
-export function speedupName(label: string, op: 'mapNew' | 'mapPresent' | 'unmap', w: number): string {
-  const what = op === 'mapNew' ? 'map, new tables' : op === 'mapPresent' ? 'map, tables present' : 'unmap';
-  return `speed-up ${label}, ${what}, workers ${w} vs 0`;
+type Op = 'mapNew' | 'mapPresent' | 'unmap';
+const opLabel = (op: Op): string => (op === 'mapNew' ? 'map, new tables' : op === 'mapPresent' ? 'map, tables present' : 'unmap');
+
+export function speedupName(label: string, op: Op, w: number): string {
+  return `speed-up ${label}, ${opLabel(op)}, workers ${w} vs 0`;
+}
+
+/**
+ * The scaling results as chart points: the median speed-up over inline of each list (and of the
+ * 4 GiB map()/unmap()) at each worker count, per operation; workers 0 is 1 by definition.
+ */
+export function scalingPoints(ms: readonly Measurement[]): { list: string; op: string; workers: number; speedup: number }[] {
+  const byName = new Map(ms.filter((m) => m.suite === 'parallel').map((m) => [m.name, m]));
+  const out: { list: string; op: string; workers: number; speedup: number }[] = [];
+  const labels = [...SIZES.flatMap(listKeys), `map()/unmap() ${bigKey}`];
+  for (const list of labels) {
+    for (const op of ['mapNew', 'mapPresent', 'unmap'] as const) {
+      const what = opLabel(op);
+      const points = WORKER_COUNTS.slice(1).flatMap((w) => {
+        const m = byName.get(speedupName(list, op, w));
+        return m ? [{ list, op: what, workers: w, speedup: m.median }] : [];
+      });
+      if (points.length > 0) out.push({ list, op: what, workers: 0, speedup: 1 }, ...points);
+    }
+  }
+  return out;
 }
 
 // --- tiny calls ------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, platform, release, totalmem } from 'node:os';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 export interface MachineInfo {
   cpuModel: string;
@@ -28,9 +30,15 @@ function lscpuModel(): string | null {
   }
 }
 
+/** The package's root: dist/src/bench/ is three levels below it. */
+const PACKAGE_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+
+/** The git state of iommud's own checkout, whatever the current directory (null if not one). */
 function gitState(): MachineInfo['git'] {
   try {
-    const run = (args: string[]) => execFileSync('git', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 });
+    const run = (args: string[]) => execFileSync('git', args, { cwd: PACKAGE_ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 });
+    // An installed iommud inside someone else's repository is not a checkout of iommud.
+    if (resolve(run(['rev-parse', '--show-toplevel']).trim()) !== resolve(PACKAGE_ROOT)) return null;
     const commit = run(['rev-parse', '--short', 'HEAD']).trim();
     const changed = run(['status', '--porcelain', '--', 'src', 'workers']).split('\n').filter((l) => l.trim() !== '').length;
     return { commit, changedFiles: changed };
@@ -59,7 +67,7 @@ export interface CpuSnapshot {
   busy: number | null;
   /** Time the hypervisor ran something else on our vCPUs ("steal"), in seconds. */
   steal: number | null;
-  /** user + system time of this process (all threads, and children it waited for), in seconds. */
+  /** user + system time of this process (all threads, children it waited for, tracked children), in seconds. */
   own: number;
   wall: number;
 }
@@ -67,17 +75,39 @@ export interface CpuSnapshot {
 /** USER_HZ: the unit of /proc/stat on Linux. */
 const CLOCK_TICKS = 100;
 
+/** Child processes whose CPU time counts as this run's own (the daemon suite's iommud serve). */
+const trackedChildren = new Set<number>();
+
+/** Counts a child process's CPU time as ours in cpuSnapshot (until untracked), not as other load. */
+export function trackChild(pid: number): void {
+  trackedChildren.add(pid);
+}
+
+export function untrackChild(pid: number): void {
+  trackedChildren.delete(pid);
+}
+
+/**
+ * CPU seconds of a process from /proc/<pid>/stat: its own user + system time, and that of its
+ * children it waited for. Null where unreadable (not Linux, or the process is gone).
+ */
+export function procCpu(pid: number | 'self'): { own: number; children: number } | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after "(comm) ": state is [0], utime [11], stime [12], cutime [13], cstime [14].
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { own: (Number(f[11]) + Number(f[12])) / CLOCK_TICKS, children: (Number(f[13]) + Number(f[14])) / CLOCK_TICKS };
+  } catch {
+    return null;
+  }
+}
+
 export function cpuSnapshot(): CpuSnapshot {
   const u = process.cpuUsage();
-  let own = (u.user + u.system) / 1e6;
-  try {
-    // Plus the children we waited for (the core suite's alloc-probe): cutime and cstime of /proc/self/stat.
-    const stat = readFileSync('/proc/self/stat', 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    own += (Number(f[13]) + Number(f[14])) / CLOCK_TICKS;
-  } catch {
-    // not Linux: children are counted as other processes
-  }
+  // Plus the children we waited for (the core suite's alloc-probe), and those we track; on a system
+  // without /proc they are counted as other processes.
+  let own = (u.user + u.system) / 1e6 + (procCpu('self')?.children ?? 0);
+  for (const pid of trackedChildren) own += procCpu(pid)?.own ?? 0;
   const wall = Number(process.hrtime.bigint()) / 1e9;
   try {
     const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!;

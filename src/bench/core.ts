@@ -16,7 +16,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Iommu, Prot, type Domain, type SgEntry, type SgTable } from '../../src/index.js';
+import { Iommu, Prot, type Domain, type SgEntry, type SgTable } from '../index.js';
 import { gc, type BenchContext, type Suite, type Timer } from './harness.js';
 import { PAGE, contiguousPhys, countRuns, mulberry32, scatteredPhys, toArray, toSgTable } from './sglists.js';
 
@@ -170,7 +170,7 @@ async function memoryReadings(ctx: BenchContext, lists: Lists): Promise<void> {
 }
 
 /**
- * Transient JS allocation per operation, measured by scripts/bench/alloc-probe.ts in a child process
+ * Transient JS allocation per operation, measured by src/bench/alloc-probe.ts in a child process
  * whose young generation is big enough that no GC runs inside a measured region.
  */
 function allocationReadings(ctx: BenchContext): void {

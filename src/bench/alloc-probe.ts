@@ -6,11 +6,11 @@
  *
  * Run in a child process by the core suite, with a young generation large enough that no
  * collection happens inside a measured region (checked: new-space usage must only grow):
- *   node --max-semi-space-size=256 --min-semi-space-size=256 dist/scripts/bench/alloc-probe.js
+ *   node --max-semi-space-size=256 --min-semi-space-size=256 dist/src/bench/alloc-probe.js
  * Prints one JSON object: { "<name>, <unit>": bytesPerOp, ... }.
  */
 import { getHeapSpaceStatistics } from 'node:v8';
-import { Iommu, Prot, type Domain, type SgTable } from '../../src/index.js';
+import { Iommu, Prot, type Domain, type SgTable } from '../index.js';
 import { PAGE, contiguousPhys, scatteredPhys, toSgTable } from './sglists.js';
 
 const IOVA = 2 ** 32;

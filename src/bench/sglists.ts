@@ -1,7 +1,7 @@
 /**
  * Scatter-gather lists for the benchmarks, built once, outside every timed region.
  */
-import { SgTable, type SgEntry } from '../../src/index.js';
+import { SgTable, type SgEntry } from '../index.js';
 
 export const PAGE = 4096;
 
