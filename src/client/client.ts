@@ -43,7 +43,7 @@ export interface ClientStats {
   tables: { pages: number; bytes: number };
   domains: number;
   devices: number;
-  tenant: { domains: number; devices: number; tablePages: number };
+  tenant: { domains: number; devices: number; tablePages: number; tableBytes: number; maxTableBytes: number | null };
   /** Every field of the wire result, snake_case, as the daemon sent it. */
   raw: WireStats;
 }
@@ -194,7 +194,7 @@ export class IommudClient {
       tables: raw.tables,
       domains: raw.domains,
       devices: raw.devices,
-      tenant: { domains: t.domains, devices: t.devices, tablePages: t.table_pages },
+      tenant: { domains: t.domains, devices: t.devices, tablePages: t.table_pages, tableBytes: t.table_bytes, maxTableBytes: t.max_table_bytes },
       raw,
     };
   }

@@ -177,7 +177,7 @@ export interface StatsAnswer {
   tables: { pages: number; bytes: number };
   domains: number;
   devices: number;
-  tenant: { domains: number; devices: number; tablePages: number };
+  tenant: { domains: number; devices: number; tablePages: number; tableBytes: number; maxTableBytes: number | null };
 }
 
 /** camelCase (and kebab-case) keys as the wire's snake_case, all the way down. */
@@ -197,7 +197,7 @@ export interface WireStats {
   tables: { pages: number; bytes: number };
   domains: number;
   devices: number;
-  tenant: { domains: number; devices: number; table_pages: number };
+  tenant: { domains: number; devices: number; table_pages: number; table_bytes: number; max_table_bytes: number | null };
   [more: string]: unknown;
 }
 
@@ -340,7 +340,7 @@ export const OPS = {
     args: {},
     result: {
       doc: '{ iotlb: { invalidations, syncs, hits, misses, ... }, tables: { pages, bytes }, domains, devices, ... , ' +
-        'tenant: { domains, devices, table_pages } } (ints; every field of Iommu.stats(), snake_case)',
+        'tenant: { domains, devices, table_pages, table_bytes, max_table_bytes } } (ints, max_table_bytes nil without a quota; every field of Iommu.stats(), snake_case)',
       build: (a: StatsAnswer) => snakeCaseKeys(a) as WireStats,
     },
     errors: [],

@@ -170,8 +170,9 @@ export class Tenant {
   usage(): TenantUsage {
     let tablePages = 0;
     let tableBytes = 0;
+    // Every page of a domain's tables, its root included, is one granule.
     for (const dom of this.domains.values()) {
-      tablePages += dom.pgtable.allTables().length / 2;
+      tablePages += dom.tableBytes / dom.geometry.granule;
       tableBytes += dom.tableBytes;
     }
     return { domains: this.domains.size, devices: this.devices.size, tablePages, tableBytes, maxTableBytes: this.limits.maxTableBytes };

@@ -47,7 +47,8 @@ test('the Domain API over the socket', async (t) => {
   t.is((fault as FaultError).code, 'EFAULT');
   t.deepEqual((fault as FaultError).fault, { reason: 'permission', deviceId: 4, iova: 0x800010, access: 'write' });
   const s = await c.stats();
-  t.like(s.tenant, { domains: 1, devices: 1 });
+  t.like(s.tenant, { domains: 1, devices: 1, maxTableBytes: null });
+  t.true(s.tenant.tablePages >= 1 && s.tenant.tableBytes === s.tenant.tablePages * 4096, 'the root at least, in 4K pages');
   t.true(s.tables.pages > 0);
   t.is(typeof s.iotlb.syncs, 'number');
   await c.detachDevice(4);
