@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * The iommud command: `iommud serve` runs the daemon; `iommud protocol` prints the wire protocol's op
- * reference. Usage errors print a message and exit with code 2; runtime failures exit with 1.
+ * reference; `bench`, `stress` and `replay` are the measuring and testing tools. Usage errors print
+ * a message and exit with code 2; runtime failures exit with 1.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
@@ -20,6 +21,8 @@ Usage:
   iommud serve [options]        run the daemon (see iommud serve --help)
   iommud protocol [options]     print the wire protocol's op reference (see iommud protocol --help)
   iommud bench [SUITE...]       run benchmarks and compare or plot them (see iommud bench --help)
+  iommud stress [options]       run concurrent clients against a checked model (see iommud stress --help)
+  iommud replay FILE            run a trace recorded by iommud stress --record again
   iommud --help                 this text
   iommud --version              the version
 
@@ -245,11 +248,16 @@ async function main(argv: string[]): Promise<number> {
       return protocol(rest);
     case 'bench': // loaded on demand: the daemon needs none of the benchmarks
       return (await import('./bench.js')).bench(rest);
+    case 'stress':
+      return (await import('./stress.js')).stress(rest);
+    case 'replay':
+      return (await import('./stress.js')).replay(rest);
     case 'help':
     case '--help':
     case '-h':
       if (rest[0] === 'serve') process.stdout.write(SERVE_HELP);
       else if (rest[0] === 'protocol') process.stdout.write(PROTOCOL_HELP);
+      else if (rest[0] === 'stress' || rest[0] === 'replay') process.stdout.write((await import('./stress.js'))[rest[0] === 'stress' ? 'STRESS_HELP' : 'REPLAY_HELP']);
       else process.stdout.write(MAIN_HELP);
       return 0;
     case '--version':

@@ -111,6 +111,12 @@ export class Domain implements DomainTables {
   /** Walk invalidations (and pages) of tables replaced by maps that had no batch, for the next one. */
   private readonly pendingWalks = new Gather();
   private freed = false;
+  /**
+   * @internal Test-only: a bug planted on purpose, so that `iommud stress --plant-bug` can show that
+   * its checks find it. 'lost-rollback': a failed map leaves what it wrote; 'lost-invalidation':
+   * batches are dropped instead of issued, so devices keep stale translations.
+   */
+  plantedBug: 'lost-rollback' | 'lost-invalidation' | null = null;
 
   /** @internal Use Iommu.allocDomain(). */
   constructor(
@@ -379,6 +385,7 @@ export class Domain implements DomainTables {
    */
   private finishMap(iova: number, mapped: number, logs: MapLog[], error: IommuError | null, failedAt: number, defer: boolean): void {
     if (error) {
+      if (this.plantedBug === 'lost-rollback') throw error;
       const installed: number[] = [];
       for (const log of logs) {
         this.pgtable.rollback(log);
@@ -464,6 +471,7 @@ export class Domain implements DomainTables {
    * comes next, so their pages are freed as soon as possible.
    */
   private issue(gather: Gather): void {
+    if (this.plantedBug === 'lost-invalidation') return;
     gather.append(this.pendingWalks);
     this.host.iotlb.sync(this.pgtable.owner, gather);
   }
