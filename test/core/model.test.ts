@@ -1,12 +1,14 @@
 /**
  * Model-based test of the domain API: fast-check drives random sequences of map / unmap / mapSg /
  * unmapSg / iotlbSync on a small IOVA window, and after every command the engine is compared with a
- * reference model written here from SEMANTICS §1-§4: an ordered set of leaves (iova -> phys, size).
+ * reference model written from SEMANTICS §1-§4 (src/stress/model.ts, also the stress tool's): the
+ * leaves it holds (iova -> phys, size).
  */
 import test from 'ava';
 import fc from 'fast-check';
 import { Iommu, IommuError, SgTable, type Domain, type FormatName } from '../../src/index.js';
-import { CACHE, NOEXEC, READ, WRITE, grantedProt, leavesFor } from '../helpers/reference.js';
+import { ModelDomain as ReferenceModel } from '../../src/stress/model.js';
+import { CACHE, NOEXEC, READ, WRITE, grantedProt } from '../helpers/reference.js';
 import { allLeaves } from '../helpers/walker.js';
 
 interface Leaf {
@@ -18,115 +20,45 @@ interface Leaf {
 
 type Outcome = { code: string } | { value: number | undefined };
 
-/** The reference domain: leaves sorted by iova, never overlapping. */
+/**
+ * The reference model (src/stress/model.ts, written from SEMANTICS with nothing shared with the
+ * engine; checked against test/helpers/reference.ts in test/stress/model.test.ts) in this test's terms.
+ */
 class ModelDomain {
-  leaves: Leaf[] = [];
-  readonly minPgsize: number;
+  private readonly m: ReferenceModel;
 
-  constructor(
-    readonly pgsizeBitmap: number,
-    readonly ias: number,
-    readonly oas: number,
-  ) {
-    let m = 1;
-    while ((pgsizeBitmap & m) === 0) m *= 2;
-    this.minPgsize = m;
+  constructor(pgsizeBitmap: number, ias: number, oas: number) {
+    this.m = new ReferenceModel({ pgsizeBitmap, ias, oas, stage2: false });
   }
 
-  /** Index of the first leaf that ends after addr. */
-  private firstEndingAfter(addr: number): number {
-    let lo = 0;
-    let hi = this.leaves.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      const l = this.leaves[mid]!;
-      if (l.iova + l.size <= addr) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+  get leaves(): Leaf[] {
+    return this.m.leaves().map((l) => ({ iova: l.iova, phys: l.paddr, size: l.size, prot: l.prot }));
   }
 
   leafAt(addr: number): Leaf | null {
-    const l = this.leaves[this.firstEndingAfter(addr)];
-    return l && l.iova <= addr ? l : null;
-  }
-
-  private overlaps(iova: number, size: number): boolean {
-    const l = this.leaves[this.firstEndingAfter(iova)];
-    return l !== undefined && l.iova < iova + size;
-  }
-
-  private aligned(v: number): boolean {
-    return v % this.minPgsize === 0;
-  }
-
-  private static validProt(prot: number): boolean {
-    return (prot & (READ | WRITE)) !== 0 && (prot & ~0x3f) === 0;
-  }
-
-  /** §2's checks of one run, in order. */
-  private checkRun(iova: number, paddr: number, size: number): string | null {
-    if (!this.aligned(iova) || !this.aligned(paddr) || !this.aligned(size)) return 'EINVAL';
-    if (size === 0) return 'EINVAL';
-    if (iova + size > 2 ** this.ias || paddr + size > 2 ** this.oas) return 'ERANGE';
-    return null;
-  }
-
-  /** Writes one run's leaves (§1), or returns EEXIST having written nothing. */
-  private writeRun(iova: number, paddr: number, size: number, prot: number): string | null {
-    if (this.overlaps(iova, size)) return 'EEXIST';
-    const fresh = leavesFor(this.pgsizeBitmap, iova, paddr, size).map((l) => ({ iova: l.iova, phys: l.paddr, size: l.size, prot }));
-    this.leaves.splice(this.firstEndingAfter(iova), 0, ...fresh);
-    return null;
+    const l = this.m.leafAt(addr);
+    return l ? { iova: l.iova, phys: l.paddr, size: l.size, prot: l.prot } : null;
   }
 
   map(iova: number, paddr: number, size: number, prot: number): Outcome {
-    if (!ModelDomain.validProt(prot)) return { code: 'EINVAL' };
-    const code = this.checkRun(iova, paddr, size) ?? this.writeRun(iova, paddr, size, prot);
-    return code ? { code } : { value: undefined };
+    return outcomeOf(this.m.map(iova, paddr, size, prot));
   }
 
   mapSg(iova: number, sg: { phys: number; length: number }[], prot: number): Outcome {
-    if (!ModelDomain.validProt(prot)) return { code: 'EINVAL' };
-    // Merge physically contiguous entries into runs (iommu_map_sg).
-    const runs: { phys: number; length: number }[] = [];
-    for (const e of sg) {
-      const last = runs[runs.length - 1];
-      if (last && e.phys === last.phys + last.length) last.length += e.length;
-      else runs.push({ ...e });
-    }
-    const saved = this.leaves.slice();
-    let mapped = 0;
-    for (const r of runs) {
-      const code = this.checkRun(iova + mapped, r.phys, r.length) ?? this.writeRun(iova + mapped, r.phys, r.length, prot);
-      if (code) {
-        this.leaves = saved; // the whole call is undone
-        return { code };
-      }
-      mapped += r.length;
-    }
-    return { value: mapped };
+    return outcomeOf(this.m.mapSg(iova, sg, prot));
   }
 
-  /** §3: walk from iova; stop at a hole or inside a large leaf; a leaf reached at its start goes whole. */
   unmap(iova: number, size: number): Outcome {
-    if (!this.aligned(iova) || !this.aligned(size)) return { code: 'EINVAL' };
-    if (iova + size > 2 ** this.ias) return { code: 'ERANGE' };
-    let unmapped = 0;
-    while (unmapped < size) {
-      const i = this.firstEndingAfter(iova);
-      const l = this.leaves[i];
-      if (!l || l.iova !== iova) break;
-      this.leaves.splice(i, 1);
-      unmapped += l.size;
-      iova += l.size;
-    }
-    return { value: unmapped };
+    return outcomeOf(this.m.unmap(iova, size));
   }
 
   unmapSg(iova: number, sg: { phys: number; length: number }[]): Outcome {
-    return this.unmap(iova, sg.reduce((s, e) => s + e.length, 0));
+    return outcomeOf(this.m.unmapSg(iova, sg));
   }
+}
+
+function outcomeOf(o: { ok: true; value: number | null } | { ok: false; code: string }): Outcome {
+  return o.ok ? { value: o.value ?? undefined } : { code: o.code };
 }
 
 type Command =
