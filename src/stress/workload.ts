@@ -202,10 +202,10 @@ export class Workload {
   private pick(): StressOp {
     const o = this.o;
     const weights: [number, () => StressOp][] = [
-      [22, () => this.smallMap()],
-      [16, () => this.smallUnmap(false)],
-      [14, () => this.smallMapSg()],
-      [8, () => this.smallUnmap(true)],
+      [18, () => this.smallMap()],
+      [22, () => this.smallUnmap(false)],
+      [12, () => this.smallMapSg()],
+      [12, () => this.smallUnmap(true)],
       [10, () => ({ op: 'iova_to_phys', iova: this.denseAddress() })],
       [10, () => this.translateOp()],
       [3, () => this.blockOp()],
