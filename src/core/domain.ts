@@ -191,8 +191,9 @@ export class Domain implements DomainTables {
     const defer = this.deferOption(opts);
     const n = pairs.length / 2;
     const par = this.host.parallel;
-    if (par && n >= PARALLEL_MIN_PAGES) {
-      const plan = par.planSg(iova, view, prot);
+    // Many entries, or few that cover many pages: either way, work for the pool.
+    if (par && (n >= PARALLEL_MIN_PAGES || view.index.bytes / this.minPgsize >= PARALLEL_MIN_PAGES)) {
+      const plan = par.planSg(this, iova, view, prot);
       const end = iova + view.index.bytes;
       return this.exclusive(iova, end, () =>
         this.whileMapping(iova, end, async () => {

@@ -42,6 +42,8 @@ import { inSharedMemory, type SgView } from './sg.js';
 export const PARALLEL_MIN_PAGES = 65536;
 export const MIN_CHUNK_PAGES = 16384;
 const CHUNKS_PER_THREAD = 4;
+/** A map_sg list of at most this many entries is cut by IOVA within its runs, not by entries. */
+const MAX_PIECED_RUNS = 64;
 const JOURNAL_CAP = 1 << 16;
 
 /** What the parallel engine needs of a domain. */
@@ -117,10 +119,16 @@ export class ParallelEngine {
    * cross into it (head) and out of it (tail), whole. The list's index makes this a look at a few
    * blocks per chunk, not a pass over the list.
    */
-  planSg(iova: number, sg: SgView, prot: number): MapPlan {
+  planSg(d: DomainTables, iova: number, sg: SgView, prot: number): MapPlan {
     const { pairs, index } = sg;
     const n = index.length;
-    const k = this.chunkCount(n);
+    const pages = index.bytes / d.loop.minPgsize;
+    if (n <= MAX_PIECED_RUNS) {
+      const plan = this.planRuns(d, iova, sg, prot);
+      if (plan) return plan;
+    }
+    // As many chunks as the pages are worth, but at least one entry each.
+    const k = Math.min(this.chunkCount(Math.max(n, pages)), n);
     const bounds = Array.from({ length: k + 1 }, (_, c) => Math.round((c * n) / k));
     const offsets = bounds.map((i) => index.offsetOf(pairs, i));
     // The run through the boundary before entry e, as [iova, paddr, length], or null if e starts a run.
@@ -140,6 +148,31 @@ export class ParallelEngine {
         head: crossing(bounds[c]!),
         tail: crossing(bounds[c + 1]!),
       });
+    }
+    return { sg: inSharedMemory(pairs).buffer as SharedArrayBuffer, prot, chunks };
+  }
+
+  /**
+   * map_sg of a list of a few runs, some of them big (a few huge segments): IOVA pieces of each run,
+   * each written by a chunk of its own as planMap does for map(), so the work is shared however few
+   * entries the list has. Null if the list has more than MAX_PIECED_RUNS runs.
+   */
+  private planRuns(d: DomainTables, iova: number, sg: SgView, prot: number): MapPlan | null {
+    const { pairs, index } = sg;
+    const n = index.length;
+    const chunks: MapChunk[] = [];
+    let at = iova;
+    let runs = 0;
+    for (let i = 0; i < n; runs++) {
+      if (runs === MAX_PIECED_RUNS) return null;
+      const j = index.runEnd(pairs, i);
+      let len = 0;
+      for (let e = i; e < j; e++) len += pairs[2 * e + 1]!;
+      const run = [at, pairs[2 * i]!, len];
+      // Entries are never empty (sgView refuses them), so every run has at least one piece.
+      for (const [lo, hi] of this.pieces(d.pgtable.geo, d.loop.minPgsize, at, len)) chunks.push({ first: i, end: j, spanStart: lo, spanEnd: hi, head: run, tail: null });
+      at += len;
+      i = j;
     }
     return { sg: inSharedMemory(pairs).buffer as SharedArrayBuffer, prot, chunks };
   }

@@ -27,6 +27,7 @@ import {
   runSegs,
   sameDump,
   scatteredSegs,
+  tasksOf,
   type BigList,
   type ModelLeaf,
   type Seg,
@@ -314,6 +315,47 @@ function layout(seed: number, base: number): { maps: [number, number, number][];
   }
   return { maps, holes, end: at, starts };
 }
+
+test.serial('identity: map_sg of a few huge segments is cut within its runs and mapped by the pool, as inline', async (t) => {
+  t.timeout(120_000);
+  const { iommus, batches } = await engines(t);
+  const iova = 9 * G1 + 3 * M2;
+  // Four entries, three runs: 1 GiB of 4K pages (paddr not congruent modulo 2M), then 512 MiB + 8K
+  // merging with a 4K entry, then 2M-aligned 256 MiB (2M blocks). Far above PARALLEL_MIN_PAGES pages.
+  const segs = [
+    { phys: 2 ** 40 + K4, length: G1 },
+    { phys: 2 ** 41, length: 0x2000_0000 + 2 * K4 },
+    { phys: 2 ** 41 + 0x2000_0000 + 2 * K4, length: K4 },
+    { phys: 2 ** 42 + M2 - 3 * K4, length: 0x1000_0000 },
+  ];
+  const list = bigList('few huge segments', segs);
+  t.true(list.table.length < PARALLEL_MIN_PAGES && list.bytes / K4 >= PARALLEL_MIN_PAGES);
+  const obs: Observed[] = [];
+  for (const [i, iommu] of iommus.entries()) {
+    const dom = iommu.allocDomain();
+    let tasks: Record<string, number> = {};
+    const o = await observe(iommu, batches[i]!, dom, leafDump, async () => {
+      let mapped = 0;
+      if (iommu.parallel) tasks = await tasksOf(iommu, async () => void (mapped = await dom.mapSg(iova, list.table, RW)));
+      else mapped = await dom.mapSg(iova, list.table, RW);
+      return mapped;
+    });
+    if (iommu.parallel) t.true((tasks.map ?? 0) >= 1, `${engineName(i)}: the pool mapped it (${JSON.stringify(tasks)})`);
+    obs.push(o);
+    t.is(await dom.unmapSg(iova, list.table), list.bytes);
+    await dom.free();
+  }
+  t.is(obs[0]!.result, list.bytes);
+  sameAsInline(t, obs, 'few huge segments');
+  // Its errors: a collision in the last run, a run out of range, a misaligned one: as inline, rolled back.
+  const collide = iova + G1 + 0x2000_0000 + 3 * K4 + 0x0800_0000;
+  const eng = { iommus, batches };
+  await failsLikeInline(t, eng, 'few huge segments, the last run collides', {}, (d) => d.map(collide, 2 ** 44, K4, RW), (d) => d.mapSg(iova, list.table, RW), 'EEXIST');
+  const beyond = bigList('a run beyond 2^oas', [...segs, { phys: 2 ** 48 - M2, length: 2 * M2 }]);
+  await failsLikeInline(t, eng, 'few huge segments, then one beyond 2^oas', {}, async () => undefined, (d) => d.mapSg(iova, beyond.table, RW), 'ERANGE');
+  const odd = bigList('a misaligned run', [segs[0]!, { phys: 2 ** 45 + 0x800, length: G1 }]);
+  await failsLikeInline(t, eng, 'a huge misaligned run after a huge good one', {}, async () => undefined, (d) => d.mapSg(iova, odd.table, RW), 'EINVAL');
+});
 
 test.serial('identity: big unmap() over holes, blocks and straddling leaves equals the inline result', async (t) => {
   t.timeout(120_000);

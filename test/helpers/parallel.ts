@@ -7,6 +7,7 @@
 import type { ExecutionContext } from 'ava';
 import { Iommu, SgTable, type Domain, type InvalidationCommand } from '../../src/index.js';
 import { PARALLEL_MIN_PAGES } from '../../src/core/parallel.js';
+import type { ChunkTask } from '../../src/pool/tasks.js';
 import { leafDescriptor, leavesFor } from './reference.js';
 import { rng } from './rng.js';
 
@@ -25,7 +26,23 @@ export async function makeIommu(t: ExecutionContext, workers: number, tableMemor
   return iommu;
 }
 
-
+/** Counts the tasks of each kind the pool is given while `call` runs. */
+export async function tasksOf(iommu: Iommu, call: () => Promise<unknown>): Promise<Record<string, number>> {
+  if (!iommu.parallel) throw new Error('no parallel engine');
+  const pool = (iommu.parallel as unknown as { pool: { run: (t: ChunkTask) => Promise<unknown> } }).pool;
+  const run = pool.run;
+  const counts: Record<string, number> = {};
+  pool.run = (task: ChunkTask) => {
+    counts[task.kind] = (counts[task.kind] ?? 0) + 1;
+    return run.call(pool, task);
+  };
+  try {
+    await call();
+  } finally {
+    pool.run = run;
+  }
+  return counts;
+}
 
 /** An integer in [lo, hi]. */
 export function randInt(r: () => number, lo: number, hi: number): number {

@@ -7,8 +7,8 @@ import test, { type ExecutionContext } from 'ava';
 import { IommuError, Prot, type Domain, type Iommu, type InvalidationCommand } from '../../src/index.js';
 import type { FaultPlan } from '../../src/core/parallel.js';
 import { sgView } from '../../src/core/sg.js';
-import type { ChunkTask } from '../../src/pool/tasks.js';
 import {
+  tasksOf,
   G1,
   K4,
   M2,
@@ -33,22 +33,6 @@ function engine(iommu: Iommu): NonNullable<Iommu['parallel']> {
   return p;
 }
 
-/** Counts the tasks of each kind the pool is given while `call` runs. */
-async function tasksOf(iommu: Iommu, call: () => Promise<unknown>): Promise<Record<string, number>> {
-  const pool = (engine(iommu) as unknown as { pool: { run: (t: ChunkTask) => Promise<unknown> } }).pool;
-  const run = pool.run;
-  const counts: Record<string, number> = {};
-  pool.run = (task: ChunkTask) => {
-    counts[task.kind] = (counts[task.kind] ?? 0) + 1;
-    return run.call(pool, task);
-  };
-  try {
-    await call();
-  } finally {
-    pool.run = run;
-  }
-  return counts;
-}
 
 /** The allocator lock word of table memory (Int32 0 of the shared buffer): 0 when free. */
 function allocatorLock(dom: Domain): number {
@@ -77,7 +61,7 @@ async function fixture(t: ExecutionContext, list: BigList, iova: number): Promis
   await dom.map(iova - 3 * K4, 2 ** 44, 3 * K4, RW);
   await dom.map(iova + list.bytes, 2 ** 44 + M2, 5 * K4, RW);
   // How many chunks the call is cut into (its helpers claim them; one message each).
-  const chunks = engine(iommu).planSg(iova, sgView(list.table), RW).chunks.length;
+  const chunks = engine(iommu).planSg(dom, iova, sgView(list.table), RW).chunks.length;
   const counts = await tasksOf(iommu, () => dom.mapSg(iova, list.table, RW));
   t.is(await dom.unmapSg(iova, list.table), list.bytes);
   t.true(chunks >= 2, `the call is cut into ${chunks} chunks`);

@@ -148,7 +148,8 @@ test('a random pipelined sequence gives exactly the answers of the library run o
   await iommu.close();
   t.is(mismatches, 0);
   t.true(compared > requests.length * 0.9, `compared ${compared}`);
-  t.true(requests.filter((q) => q.op === 'map' && q.size === BIG).length > 0, 'some calls ran on the worker pool');
+  // The generator's own check: big maps (64Ki pages, which the daemon hands to its pool) are in the mix.
+  t.true(requests.filter((q) => q.op === 'map' && q.size === BIG).length > 0, 'the sequence includes maps big enough for the worker pool');
   c.destroy();
 });
 
