@@ -161,6 +161,15 @@ export class Iommu implements DomainHost {
     return this.devices.translate(deviceId, iova, access);
   }
 
+  /**
+   * Invalidates everything the IOTLB holds for every domain (one batch of one global command), as
+   * after an SMMU reset. Translations are then walked again from the tables.
+   */
+  invalidateAll(): void {
+    this.checkOpen();
+    this.iotlb.invalidateAll();
+  }
+
   /** Calls `listener` with every device fault; returns the function that unsubscribes it. */
   onFault(listener: FaultListener): () => void {
     if (typeof listener !== 'function') throw new IommuError('EINVAL', 'onFault needs a function');

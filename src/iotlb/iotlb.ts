@@ -9,7 +9,8 @@
  * device keeps using the old translation, exactly as real hardware would. Invalidation commands:
  *   range with a leaf size  -> leaf entries overlapping the range (a leaf-only TLBI);
  *   range without (pgsize 0, iotlb_sync_map or a rollback), walk -> leaf and walk entries in range;
- *   all -> everything of the domain.
+ *   all -> everything of the domain;
+ *   and, outside any domain's gather, a global invalidation (invalidateAll) -> everything cached.
  * `sync` applies a batch, counts it, and only then frees the batch's table pages: a walk entry can
  * never point at a page that has been reused.
  */
@@ -17,9 +18,18 @@ import type { TableOwner } from '../pgtable/account.js';
 import type { TableMemory } from '../pgtable/memory.js';
 import type { Gather, InvalidationCommand } from './gather.js';
 
+/** Invalidation commands issued, by kind: leaf ranges, walk caches, one domain whole, every domain. */
+export interface InvalidationCounts {
+  range: number;
+  walk: number;
+  domain: number;
+  global: number;
+}
+
 export interface IotlbStats {
-  /** Invalidation commands issued, inside batches. */
+  /** Invalidation commands issued, inside batches (the sum of `commands`). */
   invalidations: number;
+  commands: InvalidationCounts;
   /** Completed invalidation batches (syncs). */
   syncs: number;
   /** Translations served from the IOTLB. */
@@ -65,6 +75,7 @@ export class Iotlb {
   private readonly leaves = new Map<number, TlbEntry>();
   private readonly walks = new Map<number, WalkEntry>();
   private readonly counters = { invalidations: 0, syncs: 0, hits: 0, misses: 0, walkHits: 0, evictions: 0, walkEvictions: 0 };
+  private readonly commands: InvalidationCounts = { range: 0, walk: 0, domain: 0, global: 0 };
   /** Cost model: modelled nanoseconds per sync and per command (0 = none), and the total so far. */
   private costPerSync = 0;
   private costPerCommand = 0;
@@ -92,12 +103,29 @@ export class Iotlb {
     gather.close();
     const commands = gather.commands;
     if (this.leaves.size > 0 || this.walks.size > 0) for (const c of commands) this.apply(tag, c);
-    this.counters.invalidations += commands.length;
-    this.counters.syncs += 1;
-    this.modelledNs += this.costPerSync + this.costPerCommand * commands.length;
+    for (const c of commands) this.commands[c.kind === 'all' ? 'domain' : c.kind]++;
+    this.counted(commands.length);
     // Only now, with the walk invalidations issued, may the tables the batch unlinked be reused.
     owner.freePages(this.mem, gather.freePages);
     gather.reset();
+  }
+
+  /**
+   * Invalidates everything every domain has cached, leaves and walks, as one batch of one global
+   * command (an SMMU's TLBI_NSNH_ALL). Invalidations that domains deferred stay pending: issuing
+   * them later invalidates nothing more, but frees their table pages then, as always.
+   */
+  invalidateAll(): void {
+    this.leaves.clear();
+    this.walks.clear();
+    this.commands.global++;
+    this.counted(1);
+  }
+
+  private counted(commands: number): void {
+    this.counters.invalidations += commands;
+    this.counters.syncs += 1;
+    this.modelledNs += this.costPerSync + this.costPerCommand * commands;
   }
 
   private apply(tag: number, c: InvalidationCommand): void {
@@ -163,6 +191,6 @@ export class Iotlb {
   }
 
   stats(): IotlbStats {
-    return { ...this.counters, entries: this.leaves.size };
+    return { ...this.counters, commands: { ...this.commands }, entries: this.leaves.size };
   }
 }

@@ -26,6 +26,10 @@ const COUNTERS: [name: string, help: string, read: Read][] = [
   ['iommud_iotlb_walk_hits_total', 'Table walks that started from the walk cache.', (s) => s.stats.iotlb.walkHits],
   ['iommud_iotlb_evictions_total', 'IOTLB leaf entries evicted to make room.', (s) => s.stats.iotlb.evictions],
   ['iommud_iotlb_walk_evictions_total', 'Walk-cache entries evicted to make room.', (s) => s.stats.iotlb.walkEvictions],
+  ['iommud_iotlb_range_invalidations_total', 'IOTLB invalidation commands of a leaf range.', (s) => s.stats.iotlb.commands.range],
+  ['iommud_iotlb_walk_invalidations_total', 'IOTLB invalidation commands of walk caches (tables freed).', (s) => s.stats.iotlb.commands.walk],
+  ['iommud_iotlb_domain_invalidations_total', 'IOTLB invalidation commands of one whole domain.', (s) => s.stats.iotlb.commands.domain],
+  ['iommud_iotlb_global_invalidations_total', 'IOTLB invalidation commands of everything cached.', (s) => s.stats.iotlb.commands.global],
   ['iommud_iotlb_modelled_seconds_total', 'Modelled cost of the invalidations issued (the cost model), in seconds.', (s) => s.stats.iotlb.modelledNs / 1e9],
 ];
 

@@ -514,3 +514,54 @@ test('stats: a fresh Iommu reports zeroed IOTLB counters and fault counts', asyn
   t.is(s.faults.total, 0);
   throwsWith(t, () => iommu.translate(0, 0, 'read' as const), 'EFAULT');
 });
+
+// ---------------------------------------------------------------------------------------------
+// Global invalidation, and commands by kind
+// ---------------------------------------------------------------------------------------------
+
+test('invalidateAll: one batch of one global command drops every domain\'s translations, stale ones too', async (t) => {
+  const iommu = await iommuWith(t, {});
+  const a = iommu.allocDomain();
+  const b = iommu.allocDomain({ format: 'arm-lpae-s2' });
+  await a.map(0, 0x10_0000, M2, RW);
+  await b.map(G1, 0x80_0000, K4, RW);
+  iommu.attachDevice(1, a);
+  iommu.attachDevice(2, b);
+  iommu.translate(1, 0x1234, 'read');
+  iommu.translate(2, G1, 'write');
+  t.like(tlbCounters(iommu), { entries: 2 });
+  // A deferred unmap: device 1 still reaches the old block through its cached entry.
+  t.is(await a.unmapSg(0, SgTable.from([{ phys: 0x10_0000, length: M2 }]), { deferInvalidate: true }), M2);
+  t.is(iommu.translate(1, 0x1234, 'read'), 0x10_1234, 'stale until an invalidation');
+  const before = snap(iommu);
+  const kinds = iommu.stats().iotlb.commands;
+  iommu.invalidateAll();
+  t.deepEqual(delta(before, snap(iommu)), { syncs: 1, invalidations: 1, ns: 0 });
+  t.deepEqual(iommu.stats().iotlb.commands, { ...kinds, global: kinds.global + 1 });
+  t.like(tlbCounters(iommu), { entries: 0 });
+  faults(t, iommu, 1, 0x1234, 'read', 'translation', 'the stale translation is gone');
+  const misses = tlbCounters(iommu).misses;
+  t.is(iommu.translate(2, G1 + 8, 'read'), 0x80_0008, 'the other domain walks its tables again');
+  t.is(tlbCounters(iommu).misses, misses + 1);
+  // The deferred batch is still issued by iotlbSync, and frees what it holds.
+  a.iotlbSync();
+  await iommu.close();
+  t.throws(() => iommu.invalidateAll(), { code: 'ENODEV' });
+});
+
+test('commands by kind add up to invalidations: range (unmap), walk (a table freed), domain (flushIotlbAll), global', async (t) => {
+  const iommu = await iommuWith(t, {});
+  const dom = iommu.allocDomain();
+  await dom.map(0, 0x10_0000, 4 * K4, RW);
+  await dom.unmap(0, 4 * K4);
+  await dom.map(0, 0x20_0000, M2, RW); // the 2M block replaces the now empty last-level table
+  await dom.unmap(0, M2);
+  dom.flushIotlbAll();
+  iommu.invalidateAll();
+  const s = iommu.stats().iotlb;
+  t.true(s.commands.range >= 2, `range ${s.commands.range}`);
+  t.true(s.commands.walk >= 1, `walk ${s.commands.walk}`);
+  t.is(s.commands.domain, 1);
+  t.is(s.commands.global, 1);
+  t.is(s.commands.range + s.commands.walk + s.commands.domain + s.commands.global, s.invalidations);
+});
