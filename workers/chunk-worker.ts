@@ -46,7 +46,7 @@ function map(task: Extract<ChunkTask, { kind: 'map' }>): number {
   const call = new MapCall(task.call);
   const f = task.fault;
   const fault = f ? { chunk: f.chunk, afterBytes: f.afterBytes, trip: injectFault(f) } : null;
-  return call.runClaimed(loopFor(task.table), new Float64Array(task.sg), task.prot, task.helper, threadId, fault);
+  return call.runClaimed(loopFor(task.table), new Float64Array(task.sg), new Int32Array(task.breaks), task.prot, task.helper, threadId, fault);
 }
 
 /** A gather that can also trip an injected fault once enough bytes went through it. */

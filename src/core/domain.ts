@@ -205,7 +205,7 @@ export class Domain implements DomainTables {
     }
     const inline = (): number => {
       const log = new MapLog(iova);
-      const mapped = this.loop.mapSg(iova, pairs, 0, n, prot, log);
+      const mapped = this.loop.mapSg(iova, pairs, view.index.breaks, 0, n, prot, log);
       this.finishMap(iova, mapped, [log], mapped < 0 ? this.loop.toError() : null, this.loop.errorIova, defer);
       return mapped;
     };

@@ -127,7 +127,7 @@ export class MapCall {
    * Maps chunks until none is left to claim. `helper` is the pool helper's number, or -1 for the
    * calling thread. Returns how many chunks this thread mapped.
    */
-  runClaimed(loop: MapLoop, pairs: Float64Array, prot: number, helper: number, threadId: number, fault: ChunkFault | null): number {
+  runClaimed(loop: MapLoop, pairs: Float64Array, breaks: Int32Array, prot: number, helper: number, threadId: number, fault: ChunkFault | null): number {
     if (helper >= 0) Atomics.store(this.i32, H.Helpers + helper, threadId + 1);
     const f = this.f64;
     const chunks = this.chunks;
@@ -144,6 +144,7 @@ export class MapCall {
       }
       const done = loop.mapChunk(
         pairs,
+        breaks,
         f[p + P.First]!,
         f[p + P.End]!,
         f[p + P.SpanStart]!,

@@ -9,6 +9,7 @@ import { LeafEncoding } from '../pgtable/format.js';
 import { IoPgtable, MapLog, MapStatus } from '../pgtable/pgtable.js';
 import { hex } from '../util/args.js';
 import { PgsizeChooser } from './pgsize.js';
+import { BLOCK, BLOCK_SHIFT } from './sgindex.js';
 
 export const enum MapError {
   None = 0,
@@ -71,8 +72,8 @@ export class MapLoop {
    * back from iova. Returns the bytes mapped, or -1 with `error` set; `log.written` then says how far
    * leaves were written (everything the caller must roll back).
    */
-  mapSg(iova: number, pairs: Float64Array, first: number, end: number, prot: number, log: MapLog): number {
-    return this.mapChunk(pairs, first, end, iova, Infinity, null, null, prot, log);
+  mapSg(iova: number, pairs: Float64Array, breaks: Int32Array, first: number, end: number, prot: number, log: MapLog): number {
+    return this.mapChunk(pairs, breaks, first, end, iova, Infinity, null, null, prot, log);
   }
 
   /**
@@ -84,6 +85,7 @@ export class MapLoop {
    */
   mapChunk(
     pairs: Float64Array,
+    breaks: Int32Array,
     first: number,
     end: number,
     spanStart: number,
@@ -105,12 +107,12 @@ export class MapLoop {
     if (head) {
       if (!this.mapRunClipped(head, spanStart, spanEnd, prot, log)) return -1;
       const start = pairs[2 * first]!;
-      i = runEnd(pairs, first + 1, end, start + pairs[2 * first + 1]!);
+      i = runEnd(pairs, breaks, first + 1, end, start + pairs[2 * first + 1]!);
       at += pairs[2 * i - 2]! + pairs[2 * i - 1]! - start;
     }
     while (i < end) {
       const start = pairs[2 * i]!;
-      const j = runEnd(pairs, i + 1, end, start + pairs[2 * i + 1]!);
+      const j = runEnd(pairs, breaks, i + 1, end, start + pairs[2 * i + 1]!);
       const len = pairs[2 * j - 2]! + pairs[2 * j - 1]! - start;
       i = j;
       if (log.written === 0) log.setBase(at);
@@ -210,11 +212,19 @@ export class MapLoop {
 }
 
 /**
- * The index after the run that continues physically to `end` from entry i on: entries merge while
- * each starts where the run so far ends. Kept as a small function so it compiles to a tight loop.
+ * The index after the run that continues physically to `end` from entry i on (entries merge while
+ * each starts where the run so far ends), below n. A whole block of the index in which no entry
+ * starts a run (`breaks[block] === -1`) continues the run: it is skipped without reading its
+ * entries. Kept as a small function so it compiles to a tight loop.
  */
-function runEnd(pairs: Float64Array, i: number, n: number, end: number): number {
-  while (i < n && pairs[2 * i] === end) {
+function runEnd(pairs: Float64Array, breaks: Int32Array, i: number, n: number, end: number): number {
+  while (i < n) {
+    if ((i & (BLOCK - 1)) === 0 && i + BLOCK <= n && breaks[i >> BLOCK_SHIFT] === -1) {
+      i += BLOCK;
+      end = pairs[2 * i - 2]! + pairs[2 * i - 1]!;
+      continue;
+    }
+    if (pairs[2 * i] !== end) break;
     end += pairs[2 * i + 1]!;
     i++;
   }

@@ -149,7 +149,12 @@ export class ParallelEngine {
         tail: crossing(bounds[c + 1]!),
       });
     }
-    return { sg: inSharedMemory(pairs).buffer as SharedArrayBuffer, prot, chunks };
+    return {
+      sg: inSharedMemory(pairs).buffer as SharedArrayBuffer,
+      breaks: inSharedMemory(index.breaks).buffer as SharedArrayBuffer,
+      prot,
+      chunks,
+    };
   }
 
   /**
@@ -174,7 +179,7 @@ export class ParallelEngine {
       at += len;
       i = j;
     }
-    return { sg: inSharedMemory(pairs).buffer as SharedArrayBuffer, prot, chunks };
+    return { sg: inSharedMemory(pairs).buffer as SharedArrayBuffer, breaks: inSharedMemory(index.breaks).buffer as SharedArrayBuffer, prot, chunks };
   }
 
   /** map of one big run: IOVA pieces of the same run, each writing its own leaves. */
@@ -186,7 +191,9 @@ export class ParallelEngine {
     const chunks = this.pieces(d.pgtable.geo, d.loop.minPgsize, iova, size).map(
       ([lo, hi]): MapChunk => ({ first: 0, end: 1, spanStart: lo, spanEnd: hi, head: run, tail: null }),
     );
-    return { sg: pairs.buffer as SharedArrayBuffer, prot, chunks };
+    // One entry, which starts the run: its block has a break.
+    const breaks = new Int32Array(new SharedArrayBuffer(4));
+    return { sg: pairs.buffer as SharedArrayBuffer, breaks: breaks.buffer as SharedArrayBuffer, prot, chunks };
   }
 
   /**
@@ -211,7 +218,7 @@ export class ParallelEngine {
     const helpers = Math.min(this.participants - (callerRuns ? 1 : 0), Math.max(chunks.length - (callerRuns ? 1 : 0), 0));
     const tasks: Promise<number>[] = [];
     for (let h = 0; h < helpers; h++) {
-      const task: MapTask = { kind: 'map', table: d.spec, sg: plan.sg, call: call.sab, helper: h, prot: plan.prot, fault };
+      const task: MapTask = { kind: 'map', table: d.spec, sg: plan.sg, breaks: plan.breaks, call: call.sab, helper: h, prot: plan.prot, fault };
       tasks.push(
         this.pool.run<number>(task).catch((e: unknown) => {
           // A helper that died may hold the allocator lock: free it at once, not after the others
@@ -222,7 +229,7 @@ export class ParallelEngine {
         }),
       );
     }
-    if (callerRuns) call.runClaimed(d.loop, new Float64Array(plan.sg), plan.prot, -1, threadId, null);
+    if (callerRuns) call.runClaimed(d.loop, new Float64Array(plan.sg), new Int32Array(plan.breaks), plan.prot, -1, threadId, null);
     await Promise.allSettled(tasks);
 
     const logs: MapLog[] = [];

@@ -129,10 +129,10 @@ export function sgView(sg: unknown): SgView {
   return { pairs, index };
 }
 
-/** The same pairs in a SharedArrayBuffer (for worker threads), copying only if they are not already. */
-export function inSharedMemory(pairs: Float64Array): Float64Array {
-  if (pairs.buffer instanceof SharedArrayBuffer) return pairs;
-  const shared = new Float64Array(new SharedArrayBuffer(pairs.byteLength));
-  shared.set(pairs);
+/** The same array in a SharedArrayBuffer (for worker threads), copying only if it is not already. */
+export function inSharedMemory<T extends Float64Array | Int32Array>(array: T): T {
+  if (array.buffer instanceof SharedArrayBuffer) return array;
+  const shared = new (array.constructor as new (b: SharedArrayBuffer) => T)(new SharedArrayBuffer(array.byteLength));
+  shared.set(array);
   return shared;
 }

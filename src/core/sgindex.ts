@@ -1,12 +1,14 @@
 /**
  * A coarse index over a scatter-gather list, kept up to date as entries are appended, so that a big
- * map_sg can be cut into chunks without a pass over the whole list. For every block of 1024 entries
+ * map_sg can be cut into chunks without a pass over the whole list. For every block of 64 entries
  * it keeps the bytes before the block, and the first and last entry in the block that start a run
  * (an entry starts a run unless it continues the previous entry physically). From that, the IOVA
- * offset of any entry and the run around any entry are found by looking at one or two blocks.
+ * offset of any entry and the run around any entry are found by looking at one or two blocks, and
+ * the map loop skips, unread, every block that only continues a run (`breaks`; a physically
+ * contiguous list is then mapped without reading its entries). 0.25 bytes per entry.
  */
-const BLOCK_SHIFT = 10;
-const BLOCK = 1 << BLOCK_SHIFT;
+export const BLOCK_SHIFT = 6;
+export const BLOCK = 1 << BLOCK_SHIFT;
 
 export class SgIndex {
   private bytesBefore: Float64Array;
@@ -37,6 +39,14 @@ export class SgIndex {
     }
     this.total += pairs[2 * i + 1]!;
     this.count = i + 1;
+  }
+
+  /**
+   * Per block, the first entry in it that starts a run, or -1 if every entry in it continues the run
+   * before (see runEnd in maploop.ts). Valid until the next add().
+   */
+  get breaks(): Int32Array {
+    return this.firstBreak;
   }
 
   get bytes(): number {

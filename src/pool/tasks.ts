@@ -34,6 +34,8 @@ export interface MapTask {
   table: TableSpec;
   /** The scatter-gather list: (paddr, length) pairs as Float64. */
   sg: SharedArrayBuffer;
+  /** Its index's run breaks per block (Int32; SgIndex.breaks). */
+  breaks: SharedArrayBuffer;
   /** The MapCall: claim counter, chunk plan and journals. */
   call: SharedArrayBuffer;
   /** This helper's number in the call (where it records its threadId). */
@@ -57,6 +59,7 @@ export interface MapChunk {
 /** A parallel map as planned: the list, the prot, the chunks. */
 export interface MapPlan {
   sg: SharedArrayBuffer;
+  breaks: SharedArrayBuffer;
   prot: number;
   chunks: MapChunk[];
 }
