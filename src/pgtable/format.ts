@@ -227,7 +227,10 @@ export class LeafEncoding {
   readonly lo: number;
   readonly hi: number;
   readonly template: number;
-  readonly scale: number;
+  /** (2^52 + paddr) * UNIT_A * unitB is the descriptor's binade leading bit plus paddr (see at()). */
+  private readonly unitB: number;
+  /** template - the binade's leading bit: add (2^52 + paddr) in that binade to get the descriptor. */
+  private readonly offset: number;
 
   constructor(geo: LpaeGeometry, prot: number, level: number) {
     const type = level === geo.lastLevel ? PTE_TYPE_PAGE : PTE_TYPE_BLOCK;
@@ -237,16 +240,29 @@ export class LeafEncoding {
     this.template = bitsToDouble(this.lo, this.hi);
     // The Float64 exponent field is bits 62:52, i.e. bits 30:20 of hi. With it zero the value is
     // subnormal, mantissa * 2^-1074; otherwise (2^52 + mantissa) * 2^(exp - 1075). Either way the
-    // output address adds to the mantissa, so it scales by one power of two.
-    const exp = (this.hi >>> 20) & 0x7ff;
-    this.scale = 2 ** (Math.max(exp, 1) - 1075);
+    // output address adds to the mantissa, in units of 2^(max(exp, 1) - 1075).
+    const exp = Math.max((this.hi >>> 20) & 0x7ff, 1);
+    this.unitB = 2 ** (exp - 1075 + 537);
+    this.offset = this.template - 2 ** (exp - 1023);
   }
 
-  /** The Float64 of the leaf descriptor mapping `paddr` (paddr aligned to the leaf size). */
+  /**
+   * The Float64 of the leaf descriptor mapping `paddr` (paddr aligned to the leaf size, below 2^48):
+   * the template's bit pattern plus paddr's. Computed without a subnormal operand or product — x86
+   * takes a ~100-cycle microcode assist for a multiply that makes a subnormal, and descriptors without
+   * execute-never bits are subnormal as doubles. (2^52 + paddr) times the binade's unit (split in two
+   * normal factors) is a normal number whose mantissa is paddr; adding the offset (template less the
+   * binade's leading bit) is exact, because paddr's bits and the template's are disjoint, and an add is
+   * fast even when its result is subnormal.
+   */
   at(paddr: number): number {
-    return this.template + paddr * this.scale;
+    return this.offset + (paddr + TWO_52) * UNIT_A * this.unitB;
   }
 }
+
+const TWO_52 = 2 ** 52;
+/** 2^-537: with unitB, two normal factors of a binade's unit (at least 2^-1074, itself subnormal). */
+const UNIT_A = 2 ** -537;
 
 function s1Attrs(prot: number, dirtyTracking: boolean): [number, number] {
   let lo = S1_NG | PTE_AF;

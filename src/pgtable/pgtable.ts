@@ -124,8 +124,9 @@ export class IoPgtable {
       if (stop > first) {
         log.intent(first, stop);
         const f64 = this.mem.f64;
-        const step = size * enc.scale;
-        let desc = enc.template + paddr * enc.scale;
+        // Consecutive leaves differ by `size` in the address bits: one exact add each.
+        let desc = enc.at(paddr);
+        const step = enc.at(paddr + size) - desc;
         for (let s = first; s < stop; s++) {
           f64[s] = desc;
           desc += step;
@@ -162,7 +163,7 @@ export class IoPgtable {
     const slot = this.slotOf(table, iova, level);
     if (this.mem.i32[2 * slot] !== 0) return this.mapLeaves(iova, paddr, level, 1, enc, log);
     log.intent(slot, slot + 1);
-    this.mem.f64[slot] = enc.template + paddr * enc.scale;
+    this.mem.f64[slot] = enc.at(paddr);
     log.wrote(this.geo.blockSize(level));
     return MapStatus.Ok;
   }
