@@ -150,6 +150,8 @@ export interface RunOptions {
   filters: string[];
   /** Smaller sizes where a suite has them (its own case ids), for a run of seconds; not comparable. */
   quick: boolean;
+  /** The daemon suite runs against the daemon at this socket instead of starting one. */
+  connect?: string | null;
   /** Progress lines and bars (stderr). */
   progress: Progress;
   log: (line: string) => void;

@@ -23,7 +23,7 @@ export type Load = ReturnType<typeof otherLoad>;
 export interface BenchResult {
   bench: 'iommud';
   machine: MachineInfo & { loadavg1End: number; otherLoad: Record<string, Load> };
-  options: { suites: string[]; reps: number; warmup: number; filters: string[]; quick: boolean };
+  options: { suites: string[]; reps: number; warmup: number; filters: string[]; quick: boolean; connect: string | null };
   measurements: Record<string, Omit<Measurement, 'id'>>;
 }
 
@@ -122,7 +122,7 @@ export async function runSuites(suites: readonly Suite[], options: RunOptions, w
   return {
     bench: 'iommud',
     machine: { ...machine, loadavg1End: loadEnd, otherLoad: load },
-    options: { suites: suites.map((s) => s.name), reps: options.reps, warmup: options.warmup, filters: options.filters, quick: options.quick },
+    options: { suites: suites.map((s) => s.name), reps: options.reps, warmup: options.warmup, filters: options.filters, quick: options.quick, connect: options.connect ?? null },
     measurements,
   };
 }

@@ -26,6 +26,8 @@ Options:
   --compare FILE    print each measurement's change against FILE, an earlier run's --json output
   --plot FILE.svg   draw the parallel scaling and the invalidation batching results as an SVG chart
                     (needs the parallel or the iotlb suite in the run)
+  --connect SOCKET  run the daemon suite against the daemon listening at SOCKET (a Unix socket)
+                    instead of starting one; only the daemon suite runs (its CPU use is not measured)
   --quick           a run of seconds: 1 repetition, no warm-up, smaller sizes where a suite has them
                     (those cases get their own ids); for smoke tests, not for numbers
   --reps N          recorded repetitions per case (default 7; 1 with --quick)
@@ -40,6 +42,7 @@ const OPTIONS = {
   compare: { type: 'string' },
   plot: { type: 'string' },
   quick: { type: 'boolean' },
+  connect: { type: 'string' },
   reps: { type: 'string' },
   warmup: { type: 'string' },
   filter: { type: 'string', multiple: true },
@@ -68,6 +71,11 @@ export async function bench(args: string[]): Promise<number> {
     const s = SUITES.find((x) => x.name === name);
     if (!s) throw new UsageError(`bench: unknown suite '${name}' (known: ${SUITES.map((x) => x.name).join(', ')})`);
     if (!suites.includes(s)) suites.push(s);
+  }
+  if (v.connect !== undefined) {
+    if (v.connect === '') throw new UsageError('bench: --connect needs the daemon\'s socket path');
+    if (suites.some((s) => s.name !== 'daemon')) throw new UsageError('bench: --connect runs the daemon suite only; the other suites measure this process\'s engine');
+    if (suites.length === 0) suites.push(SUITES.find((s) => s.name === 'daemon')!);
   }
   if (suites.length === 0) suites.push(...SUITES);
   const quick = v.quick ?? false;
@@ -101,6 +109,7 @@ export async function bench(args: string[]): Promise<number> {
     warmup,
     filters: v.filter ?? [],
     quick,
+    connect: v.connect ?? null,
     progress: stderrProgress(),
     log: (line) => process.stderr.write(line + '\n'),
   };

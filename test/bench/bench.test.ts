@@ -8,7 +8,7 @@ import test from 'ava';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DOMParser } from '@xmldom/xmldom';
-import { runCli, tempDir } from '../server/daemon.js';
+import { runCli, startDaemon, tempDir } from '../server/daemon.js';
 
 interface JsonMeasurement {
   suite: string;
@@ -107,6 +107,24 @@ test('bench daemon --quick --json: the real daemon over its socket, every case w
     t.true(m('daemon CPU per request')!.median >= 0 && m('daemon CPU')!.median >= 0, label);
     t.regex(r.stdout, new RegExp(`^ {2}${label}: requests per second +[\\d,]+ `, 'm'));
   }
+});
+
+test('bench --connect SOCKET: the daemon suite against a running daemon, which keeps running', async (t) => {
+  const daemon = await startDaemon();
+  t.teardown(() => daemon.stop());
+  const r = await bench(['--connect', daemon.socket, '--quick', '--json']);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, new RegExp(`against the daemon at ${daemon.socket}`));
+  const run = r.json!;
+  checkShape(t, run, ['daemon']);
+  t.is((run.options as { connect?: string }).connect, daemon.socket);
+  t.true(run.measurements['daemon.16 connections, pipelining 16 deep: requests per second']!.median > 0);
+  t.false('daemon.1 connection, no pipelining: daemon CPU per request' in run.measurements, 'no pid, so no CPU reading');
+  t.is(daemon.proc.exitCode, null, 'the daemon is still serving');
+  const usage = await runCli(['bench', 'core', '--connect', daemon.socket]);
+  t.is(usage.code, 2);
+  t.regex(usage.stderr, /--connect runs the daemon suite only/);
+  t.is((await daemon.stop()).code, 0);
 });
 
 test('bench --compare: every measurement against the older file, with its change and verdict', async (t) => {
