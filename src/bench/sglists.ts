@@ -2,20 +2,11 @@
  * Scatter-gather lists for the benchmarks, built once, outside every timed region.
  */
 import { SgTable, type SgEntry } from '../index.js';
+import { mulberry32 } from '../util/rng.js';
+
+export { mulberry32 };
 
 export const PAGE = 4096;
-
-/** mulberry32: a small, fast, seeded 32-bit PRNG (deterministic lists across runs and machines). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** `pages` 4K entries whose physical addresses are consecutive from `physBase`: one run for map_sg. */
 export function contiguousPhys(pages: number, physBase: number): Float64Array {

@@ -21,7 +21,6 @@ import {
   OP_NAMES,
   PAGE,
   privateWindow,
-  rng,
   sgPieces,
   sgTable,
   signature,
@@ -34,24 +33,18 @@ import {
   type OpName,
   type SgSpec,
   type StressOp,
+  type WorkloadConfig,
 } from './workload.js';
+import { mulberry32 as rng } from '../util/rng.js';
 
 /** What a call returned: a value, or an errno code (and a fault reason for translate). */
 export type Answer = { ok: true; value: number | null } | { ok: false; code: string; reason?: string };
 
-export interface StressConfig {
-  seed: number;
-  clients: number;
+export interface StressConfig extends WorkloadConfig {
   /** Stop after this many operations in all (each client does its share), or ... */
   ops: number | null;
   /** ... after this many seconds. */
   durationSeconds: number;
-  slots: number;
-  bigSlots: number;
-  big: boolean;
-  defer: boolean;
-  workerFaults: boolean;
-  drops: boolean;
   plantBug: PlantedBug | null;
 }
 
@@ -222,11 +215,7 @@ class StressRun {
     const model = new ModelDomain({ pgsizeBitmap: 0x40201000, ias: 48, oas: 48, stage2: false });
     const stale: ModelLeaf[] = [];
     const replay = this.hooks.replay?.[i];
-    const workload = new Workload(
-      { seed: c.seed, client: i, clients: c.clients, slots: c.slots, bigSlots: c.bigSlots, big: c.big, defer: c.defer, workerFaults: c.workerFaults, drops: c.drops },
-      model,
-      stale,
-    );
+    const workload = new Workload({ ...c, client: i }, model, stale);
     const share = c.ops === null ? Infinity : Math.floor(c.ops / c.clients) + (i < c.ops % c.clients ? 1 : 0);
     const limit = replay ? replay.ops.length : share;
     const client = { i, port, model, stale, poisoned: false };

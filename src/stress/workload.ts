@@ -18,6 +18,7 @@
  */
 import type { FaultPlan } from '../core/parallel.js';
 import { SgTable } from '../core/sg.js';
+import { mulberry32 as rng } from '../util/rng.js';
 import type { ModelDomain, ModelLeaf, SgPiece } from './model.js';
 
 export const PAGE = 4096;
@@ -117,21 +118,9 @@ export function slotGeometry(k: number, bigSlots: number): { iova: number; size:
   return { iova, size: k % 2 === 0 ? M2 : 16 * PAGE };
 }
 
-/** mulberry32: small, seeded, the same on every run. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
-export interface WorkloadOptions {
+/** What shapes every client's stream (StressConfig extends it). */
+export interface WorkloadConfig {
   seed: number;
-  client: number;
   clients: number;
   slots: number;
   bigSlots: number;
@@ -143,6 +132,10 @@ export interface WorkloadOptions {
   workerFaults: boolean;
   /** Some operations drop the connection (daemon only). */
   drops: boolean;
+}
+
+export interface WorkloadOptions extends WorkloadConfig {
+  client: number;
 }
 
 /** A shared-slot operation, told apart from private ones by its iova. */
