@@ -132,11 +132,19 @@ export class ParallelEngine {
     const bounds = Array.from({ length: k + 1 }, (_, c) => Math.round((c * n) / k));
     const offsets = bounds.map((i) => index.offsetOf(pairs, i));
     // The run through the boundary before entry e, as [iova, paddr, length], or null if e starts a run.
+    // Boundaries come in order and often lie in one run (a contiguous list is one run): the last run
+    // found is kept, so a long run is searched for once, not once per boundary.
+    let run: number[] | null = null;
+    let runFirst = -1;
+    let runEnd = -1;
     const crossing = (e: number): number[] | null => {
       if (e <= 0 || e >= n || index.startsRun(pairs, e)) return null;
-      const start = index.runStart(pairs, e);
-      const startOffset = index.offsetOf(pairs, start);
-      return [iova + startOffset, pairs[2 * start]!, index.offsetOf(pairs, index.runEnd(pairs, e)) - startOffset];
+      if (e > runFirst && e < runEnd) return run;
+      runFirst = index.runStart(pairs, e);
+      runEnd = index.runEnd(pairs, e);
+      const startOffset = index.offsetOf(pairs, runFirst);
+      run = [iova + startOffset, pairs[2 * runFirst]!, index.offsetOf(pairs, runEnd) - startOffset];
+      return run;
     };
     const chunks: MapChunk[] = [];
     for (let c = 0; c < k; c++) {
