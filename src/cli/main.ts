@@ -271,14 +271,25 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
-  (e: unknown) => {
-    if (e instanceof UsageError) {
-      process.stderr.write(`iommud: ${e.message}\nTry 'iommud --help' or 'iommud serve --help'.\n`);
-      process.exit(2);
-    }
-    process.stderr.write(`iommud: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
-    process.exit(1);
-  },
-);
+/**
+ * Exits once stdout and stderr have written everything: writes to a pipe are asynchronous, and
+ * process.exit() would cut a long --json line (at 64 KiB) short.
+ */
+function exitFlushed(code: number): void {
+  let pending = 2;
+  const done = (): void => {
+    if (--pending === 0) process.exit(code);
+  };
+  process.stdout.write('', done);
+  process.stderr.write('', done);
+}
+
+main(process.argv.slice(2)).then(exitFlushed, (e: unknown) => {
+  if (e instanceof UsageError) {
+    process.stderr.write(`iommud: ${e.message}\nTry 'iommud --help' or 'iommud serve --help'.\n`);
+    exitFlushed(2);
+    return;
+  }
+  process.stderr.write(`iommud: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  exitFlushed(1);
+});

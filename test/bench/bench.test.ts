@@ -127,6 +127,17 @@ test('bench --connect SOCKET: the daemon suite against a running daemon, which k
   t.is((await daemon.stop()).code, 0);
 });
 
+test('bench parallel --quick --json through a pipe: a JSON line of over 64 KiB arrives whole (stdout is flushed before exit)', async (t) => {
+  t.timeout(120_000);
+  const r = await bench(['parallel', '--quick', '--json']);
+  t.is(r.code, 0, r.stderr);
+  const line = r.stdout.trimEnd().split('\n').pop()!;
+  t.true(line.length > 65_536, `${line.length} bytes`);
+  const run = r.json!;
+  checkShape(t, run, ['parallel']);
+  t.truthy(run.measurements['parallel.speed-up contiguous 1Mi x 4K, map, new tables, workers 2 vs 0'], 'the speed-ups are there');
+});
+
 test('bench --compare: every measurement against the older file, with its change and verdict', async (t) => {
   const first = await iotlbRun;
   t.is(first.code, 0, first.stderr);
