@@ -156,7 +156,7 @@ export class Domain implements DomainTables {
     // The §2 checks fail before anything is written: no rollback, no invalidation.
     if (loop.checkRun(iova, paddr, size) !== MapError.None) throw loop.toError();
     const par = this.host.parallel;
-    if (par && size / this.minPgsize >= PARALLEL_MIN_PAGES) {
+    if (par && par.mapWorthIt(1, 1, size / this.minPgsize)) {
       await this.exclusive(iova, iova + size, () =>
         this.whileMapping(iova, iova + size, async () => {
           const out = await par.runMap(this, iova, par.planMap(this, iova, paddr, size, prot));
@@ -191,8 +191,8 @@ export class Domain implements DomainTables {
     const defer = this.deferOption(opts);
     const n = pairs.length / 2;
     const par = this.host.parallel;
-    // Many entries, or few that cover many pages: either way, work for the pool.
-    if (par && (n >= PARALLEL_MIN_PAGES || view.index.bytes / this.minPgsize >= PARALLEL_MIN_PAGES)) {
+    // Many entries, or few that cover many pages: work for the pool, if it is worth the dispatch.
+    if (par && par.mapWorthIt(n, view.index.runs, view.index.bytes / this.minPgsize)) {
       const plan = par.planSg(this, iova, view, prot);
       const end = iova + view.index.bytes;
       return this.exclusive(iova, end, () =>

@@ -40,6 +40,16 @@ import { inSharedMemory, type SgView } from './sg.js';
  * or slow helper without a round trip each.
  */
 export const PARALLEL_MIN_PAGES = 65536;
+/**
+ * With callerRuns, a map goes to the pool only when it is worth it: when its estimated inline time,
+ * runs * RUN_NS + pages * PAGE_NS, reaches MIN_POOL_WORK_NS. Measured on the 2-vCPU machines of
+ * docs/performance.md: a run of one page costs 25-55 ns inline, a 4K page of a long run 4-6 ns, and
+ * the pool won from about 3 ms of work on (below it, dispatch and wake-ups cost more than half the
+ * work: contiguous 256Ki-page lists and lists of 2M blocks ran at 0.5-0.9x).
+ */
+const RUN_NS = 40;
+const PAGE_NS = 4;
+const MIN_POOL_WORK_NS = 3_000_000;
 export const MIN_CHUNK_PAGES = 16384;
 const CHUNKS_PER_THREAD = 4;
 /** A map_sg list of at most this many entries is cut by IOVA within its runs, not by entries. */
@@ -91,6 +101,23 @@ export class ParallelEngine {
 
   get threads(): number {
     return this.pool.threads;
+  }
+
+  /**
+   * Test-only: decide by size alone (PARALLEL_MIN_PAGES entries or pages), as without callerRuns, so
+   * that tests can drive the parallel path with lists of a convenient size.
+   */
+  bySizeOnly = false;
+
+  /**
+   * Whether a map of `entries` sg entries in `runs` runs covering `pages` smallest pages goes to the
+   * pool. Without callerRuns (the daemon) every big call does, to keep the caller's event loop free;
+   * with it, only calls whose estimated inline time makes parallelism pay.
+   */
+  mapWorthIt(entries: number, runs: number, pages: number): boolean {
+    if (entries < PARALLEL_MIN_PAGES && pages < PARALLEL_MIN_PAGES) return false;
+    if (!this.callerRuns || this.bySizeOnly) return true;
+    return runs * RUN_NS + pages * PAGE_NS >= MIN_POOL_WORK_NS;
   }
 
   /**

@@ -16,6 +16,7 @@ export class SgIndex {
   private lastBreak: Int32Array;
   private total = 0;
   private count = 0;
+  private runCount = 0;
 
   constructor(capacity = BLOCK) {
     const blocks = Math.max(1, Math.ceil(capacity / BLOCK));
@@ -36,6 +37,7 @@ export class SgIndex {
     if (i === 0 || pairs[2 * i] !== pairs[2 * i - 2]! + pairs[2 * i - 1]!) {
       if (this.firstBreak[b] === -1) this.firstBreak[b] = i;
       this.lastBreak[b] = i;
+      this.runCount++;
     }
     this.total += pairs[2 * i + 1]!;
     this.count = i + 1;
@@ -51,6 +53,11 @@ export class SgIndex {
 
   get bytes(): number {
     return this.total;
+  }
+
+  /** Runs in the list: entries that do not continue the one before physically (map_sg's merges). */
+  get runs(): number {
+    return this.runCount;
   }
 
   get length(): number {

@@ -4,7 +4,7 @@
  * invalidation batches and the same errors, with the same rollback.
  */
 import test, { type ExecutionContext } from 'ava';
-import { IommuError, Prot, type Domain, type DomainOptions, type Iommu, type InvalidationCommand } from '../../src/index.js';
+import { Iommu, IommuError, Prot, type Domain, type DomainOptions, type InvalidationCommand } from '../../src/index.js';
 import { leavesFor } from '../helpers/reference.js';
 import {
   G1,
@@ -315,6 +315,34 @@ function layout(seed: number, base: number): { maps: [number, number, number][];
   }
   return { maps, holes, end: at, starts };
 }
+
+test.serial('with callerRuns, a map goes to the pool only when its estimated work pays for it; without, every big one does', async (t) => {
+  t.timeout(120_000);
+  const worth = await Iommu.create({ workers: 2, tableMemoryBytes: 2 ** 28 });
+  const offload = await Iommu.create({ workers: 2, tableMemoryBytes: 2 ** 28, callerRuns: false });
+  t.teardown(async () => {
+    await worth.close();
+    await offload.close();
+  });
+  const iova = 2 ** 33;
+  const cases: { name: string; call: (d: Domain) => Promise<unknown>; pool: boolean }[] = [
+    // runs * 40 ns + pages * 4 ns against 3 ms.
+    { name: 'contiguous 256Ki pages (~1 ms)', call: (d) => d.mapSg(iova, bigList('c', contiguousSegs(1 << 18, K4, 2 ** 36)).table, RW), pool: false },
+    { name: 'contiguous 1Mi pages (~4 ms)', call: (d) => d.mapSg(iova, bigList('c', contiguousSegs(1 << 20, K4, 2 ** 36)).table, RW), pool: true },
+    { name: 'scattered 64Ki runs (~2.9 ms)', call: (d) => d.mapSg(iova, bigList('s', scatteredSegs(1 << 16, K4, 0x77)).table, RW), pool: false },
+    { name: 'scattered 128Ki runs (~5.8 ms)', call: (d) => d.mapSg(iova, bigList('s', scatteredSegs(1 << 17, K4, 0x77)).table, RW), pool: true },
+    { name: 'map() of 1 GiB (~1 ms)', call: (d) => d.map(iova, 2 ** 36, G1, RW), pool: false },
+    { name: 'map() of 4 GiB (~4 ms)', call: (d) => d.map(iova, 2 ** 36, 4 * G1, RW), pool: true },
+  ];
+  for (const c of cases) {
+    for (const [iommu, expectPool, how] of [[worth, c.pool, 'callerRuns'], [offload, true, 'pool only']] as const) {
+      const dom = iommu.allocDomain({ pgsizeBitmap: 0x1000 });
+      const tasks = await tasksOf(iommu, () => c.call(dom));
+      t.is((tasks.map ?? 0) > 0, expectPool, `${c.name}, ${how}: ${JSON.stringify(tasks)}`);
+      await dom.free();
+    }
+  }
+});
 
 test.serial('identity: map_sg of a few huge segments is cut within its runs and mapped by the pool, as inline', async (t) => {
   t.timeout(120_000);

@@ -19,9 +19,14 @@ export const K4 = 0x1000;
 export const M2 = 0x20_0000;
 export const G1 = 0x4000_0000;
 
-/** An Iommu with `workers` threads, closed when the test ends. */
+/**
+ * An Iommu with `workers` threads, closed when the test ends. Its pool takes every map of
+ * PARALLEL_MIN_PAGES entries or pages (not only those whose estimated work pays for it), so that the
+ * parallel path is tested with lists of a convenient size.
+ */
 export async function makeIommu(t: ExecutionContext, workers: number, tableMemoryBytes?: number, callerRuns = true): Promise<Iommu> {
   const iommu = await Iommu.create(tableMemoryBytes === undefined ? { workers, callerRuns } : { workers, tableMemoryBytes, callerRuns });
+  if (iommu.parallel) iommu.parallel.bySizeOnly = true;
   t.teardown(() => iommu.close());
   return iommu;
 }
