@@ -108,8 +108,6 @@ export class Domain implements DomainTables {
   private readonly minPgsize: number;
   /** Invalidations deferred by calls that asked so, issued by iotlbSync(). */
   private readonly deferred = new Gather();
-  /** Walk invalidations (and pages) of tables replaced by maps that had no batch, for the next one. */
-  private readonly pendingWalks = new Gather();
   private freed = false;
   /**
    * @internal Test-only: a bug planted on purpose, so that `iommud stress --plant-bug` can show that
@@ -363,10 +361,8 @@ export class Domain implements DomainTables {
     const mem = this.host.memory;
     const owner = this.pgtable.owner;
     owner.freePages(mem, this.pgtable.allTables());
-    for (const g of [this.deferred, this.pendingWalks]) {
-      owner.freePages(mem, g.freePages);
-      g.reset();
-    }
+    owner.freePages(mem, this.deferred.freePages);
+    this.deferred.reset();
     this.host.domainFreed(this);
   }
 
@@ -410,8 +406,8 @@ export class Domain implements DomainTables {
       gather.freeTables(log.replacedPages);
     }
     if (!this.invalidateOnMap) {
-      // No batch of its own: the walk invalidations go with the domain's next batch, whatever it is.
-      if (!gather.isEmpty) this.pendingWalks.append(gather);
+      // No batch of its own (CONTRACT), but the replaced tables' walks must not outlive the call.
+      if (!gather.isEmpty) this.host.iotlb.applyNow(this.pgtable.owner, gather);
       return;
     }
     if (mapped > 0) gather.addRange(iova, mapped);
@@ -466,14 +462,9 @@ export class Domain implements DomainTables {
     return false;
   }
 
-  /**
-   * Completes one invalidation batch for this domain. Walk invalidations of tables that maps replaced
-   * (on a domain without invalidateOnMap, which gives maps no batch) ride along with whatever batch
-   * comes next, so their pages are freed as soon as possible.
-   */
+  /** Completes one invalidation batch for this domain. */
   private issue(gather: Gather): void {
     if (this.plantedBug === 'lost-invalidation') return;
-    gather.append(this.pendingWalks);
     this.host.iotlb.sync(this.pgtable.owner, gather);
   }
 

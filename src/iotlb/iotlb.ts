@@ -111,6 +111,20 @@ export class Iotlb {
   }
 
   /**
+   * Applies `gather`'s invalidations to the caches at once and frees its pages, as part of the table
+   * change that made them, not as a batch of its own (nothing is counted): a map on a domain without
+   * invalidateOnMap has no batch (CONTRACT), yet the walks cached through tables its blocks replaced
+   * must go before the map returns, or devices would walk the old, empty tables and fault on the new
+   * blocks. io-pgtable-arm flushes those walks at once too (__arm_lpae_unmap, tlb_flush_walk).
+   */
+  applyNow(owner: TableOwner, gather: Gather): void {
+    gather.close();
+    if (this.leaves.size > 0 || this.walks.size > 0) for (const c of gather.commands) this.apply(owner.tag, c);
+    owner.freePages(this.mem, gather.freePages);
+    gather.reset();
+  }
+
+  /**
    * Invalidates everything every domain has cached, leaves and walks, as one batch of one global
    * command (an SMMU's TLBI_NSNH_ALL). Invalidations that domains deferred stay pending: issuing
    * them later invalidates nothing more, but frees their table pages then, as always.
