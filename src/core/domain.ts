@@ -154,7 +154,7 @@ export class Domain implements DomainTables {
     // The §2 checks fail before anything is written: no rollback, no invalidation.
     if (loop.checkRun(iova, paddr, size) !== MapError.None) throw loop.toError();
     const par = this.host.parallel;
-    if (par && par.mapWorthIt(1, 1, size / this.minPgsize)) {
+    if (par && par.mapWorthIt(1, 1, size / this.minPgsize, () => loop.leavesOf(iova, paddr, size))) {
       await this.exclusive(iova, iova + size, () =>
         this.whileMapping(iova, iova + size, async () => {
           const out = await par.runMap(this, iova, par.planMap(this, iova, paddr, size, prot));
@@ -190,7 +190,7 @@ export class Domain implements DomainTables {
     const n = pairs.length / 2;
     const par = this.host.parallel;
     // Many entries, or few that cover many pages: work for the pool, if it is worth the dispatch.
-    if (par && par.mapWorthIt(n, view.index.runs, view.index.bytes / this.minPgsize)) {
+    if (par && par.mapWorthIt(n, view.index.runs, view.index.bytes / this.minPgsize, () => this.sgLeaves(iova, pairs, n))) {
       const plan = par.planSg(this, iova, view, prot);
       const end = iova + view.index.bytes;
       return this.exclusive(iova, end, () =>
@@ -209,6 +209,23 @@ export class Domain implements DomainTables {
     };
     // The range (a pass over the list) is only needed when another call is in flight on this domain.
     return this.exclusiveSync(iova, () => iova + view.index.bytes, inline);
+  }
+
+  /**
+   * The leaves a short list's runs would write (its runs merged as map_sg merges them); a run that
+   * fails its checks counts as none, since the call will fail there.
+   */
+  private sgLeaves(iova: number, pairs: Float64Array, n: number): number {
+    const loop = this.loop;
+    let leaves = 0;
+    for (let i = 0; i < n; ) {
+      const paddr = pairs[2 * i]!;
+      let size = pairs[2 * i + 1]!;
+      for (i++; i < n && pairs[2 * i] === paddr + size; i++) size += pairs[2 * i + 1]!;
+      if (loop.checkRun(iova, paddr, size) === MapError.None) leaves += loop.leavesOf(iova, paddr, size);
+      iova += size;
+    }
+    return leaves;
   }
 
   /** unmap_sg: unmaps [iova, iova + sum of lengths) as unmap does, with one sync. */
@@ -405,14 +422,16 @@ export class Domain implements DomainTables {
       for (let i = 0; i < r.length; i += 4) gather.addWalk(r[i + 2]!, r[i + 3]!);
       gather.freeTables(log.replacedPages);
     }
-    if (!this.invalidateOnMap) {
-      // No batch of its own (CONTRACT), but the replaced tables' walks must not outlive the call.
+    if (!this.invalidateOnMap || defer) {
+      // No batch now (none at all without invalidateOnMap, CONTRACT), but the walks through the
+      // replaced tables must not outlive the call: a device would walk the old, empty tables and
+      // fault on the new blocks. A deferred iotlb_sync_map defers only the mapped range.
       if (!gather.isEmpty) this.host.iotlb.applyNow(this.pgtable.owner, gather);
+      if (defer && this.invalidateOnMap && mapped > 0) this.deferred.addRange(iova, mapped);
       return;
     }
     if (mapped > 0) gather.addRange(iova, mapped);
-    if (defer) this.deferred.append(gather);
-    else this.issue(gather);
+    this.issue(gather);
   }
 
   /**

@@ -157,6 +157,21 @@ export class MapLoop {
     return true;
   }
 
+  /**
+   * How many leaves iommu_map writes for a run that passed checkRun: what the map costs, for the
+   * decision to hand it to the pool (a 1 GiB-aligned 4 GiB run is 4 leaves, not 1Mi pages).
+   */
+  leavesOf(iova: number, paddr: number, size: number): number {
+    const chooser = this.chooser;
+    let leaves = 0;
+    for (let done = 0; done < size; ) {
+      const pgsize = chooser.choose(iova + done, paddr + done, size - done);
+      leaves += chooser.count;
+      done += pgsize * chooser.count;
+    }
+    return leaves;
+  }
+
   /** The error of the last failed call, as the IommuError to throw. */
   toError(): IommuError {
     const { errorIova: iova, errorPaddr: paddr, errorSize: size } = this;

@@ -42,7 +42,8 @@ import { inSharedMemory, type SgView } from './sg.js';
 export const PARALLEL_MIN_PAGES = 65536;
 /**
  * With callerRuns, a map goes to the pool only when it is worth it: when its estimated inline time,
- * runs * RUN_NS + pages * PAGE_NS, reaches MIN_POOL_WORK_NS. Measured on the 2-vCPU machines of
+ * runs * RUN_NS + leaves * PAGE_NS, reaches MIN_POOL_WORK_NS (leaves counted for calls of few runs,
+ * else taken as the smallest pages). Measured on the 2-vCPU machines of
  * docs/performance.md: a run of one page costs 25-55 ns inline, a 4K page of a long run 4-6 ns, and
  * the pool won from about 3 ms of work on (below it, dispatch and wake-ups cost more than half the
  * work: contiguous 256Ki-page lists and lists of 2M blocks ran at 0.5-0.9x).
@@ -53,7 +54,7 @@ const MIN_POOL_WORK_NS = 3_000_000;
 export const MIN_CHUNK_PAGES = 16384;
 const CHUNKS_PER_THREAD = 4;
 /** A map_sg list of at most this many entries is cut by IOVA within its runs, not by entries. */
-const MAX_PIECED_RUNS = 64;
+export const MAX_PIECED_ENTRIES = 64;
 const JOURNAL_CAP = 1 << 16;
 
 /** What the parallel engine needs of a domain. */
@@ -112,12 +113,14 @@ export class ParallelEngine {
   /**
    * Whether a map of `entries` sg entries in `runs` runs covering `pages` smallest pages goes to the
    * pool. Without callerRuns (the daemon) every big call does, to keep the caller's event loop free;
-   * with it, only calls whose estimated inline time makes parallelism pay.
+   * with it, only calls whose estimated inline time makes parallelism pay. `leaves()` counts the
+   * leaves the call writes; it is asked only for a call of at most MAX_PIECED_ENTRIES entries, whose
+   * runs are few (more entries: their pages stand for their leaves).
    */
-  mapWorthIt(entries: number, runs: number, pages: number): boolean {
+  mapWorthIt(entries: number, runs: number, pages: number, leaves: () => number): boolean {
     if (entries < PARALLEL_MIN_PAGES && pages < PARALLEL_MIN_PAGES) return false;
     if (!this.callerRuns || this.bySizeOnly) return true;
-    return runs * RUN_NS + pages * PAGE_NS >= MIN_POOL_WORK_NS;
+    return runs * RUN_NS + (entries <= MAX_PIECED_ENTRIES ? leaves() : pages) * PAGE_NS >= MIN_POOL_WORK_NS;
   }
 
   /**
@@ -150,10 +153,7 @@ export class ParallelEngine {
     const { pairs, index } = sg;
     const n = index.length;
     const pages = index.bytes / d.loop.minPgsize;
-    if (n <= MAX_PIECED_RUNS) {
-      const plan = this.planRuns(d, iova, sg, prot);
-      if (plan) return plan;
-    }
+    if (n <= MAX_PIECED_ENTRIES) return this.planRuns(d, iova, sg, prot);
     // As many chunks as the pages are worth, but at least one entry each.
     const k = Math.min(this.chunkCount(Math.max(n, pages)), n);
     const bounds = Array.from({ length: k + 1 }, (_, c) => Math.round((c * n) / k));
@@ -195,16 +195,14 @@ export class ParallelEngine {
   /**
    * map_sg of a list of a few runs, some of them big (a few huge segments): IOVA pieces of each run,
    * each written by a chunk of its own as planMap does for map(), so the work is shared however few
-   * entries the list has. Null if the list has more than MAX_PIECED_RUNS runs.
+   * entries the list has.
    */
-  private planRuns(d: DomainTables, iova: number, sg: SgView, prot: number): MapPlan | null {
+  private planRuns(d: DomainTables, iova: number, sg: SgView, prot: number): MapPlan {
     const { pairs, index } = sg;
     const n = index.length;
     const chunks: MapChunk[] = [];
     let at = iova;
-    let runs = 0;
-    for (let i = 0; i < n; runs++) {
-      if (runs === MAX_PIECED_RUNS) return null;
+    for (let i = 0; i < n; ) {
       const j = index.runEnd(pairs, i);
       let len = 0;
       for (let e = i; e < j; e++) len += pairs[2 * e + 1]!;

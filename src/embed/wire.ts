@@ -33,7 +33,7 @@ export function fromWireError(w: WireError): IommuError {
 /**
  * An sg list on its way to the engine thread. An SgTable goes whole: structured cloning copies its
  * own fields, and its segments are a Float64Array over a SharedArrayBuffer, which is shared, not
- * copied; only the SgIndex (16 bytes per 1024 entries) is copied. Cloning drops the prototypes, so the
+ * copied; only the SgIndex (16 bytes per 64 entries) is copied. Cloning drops the prototypes, so the
  * engine thread puts them back (sgFromWire). Anything else (an array) is cloned as it is.
  */
 export type WireSg = { sgTable: SgTable } | { list: unknown };

@@ -116,6 +116,11 @@ export class ModelDomain {
     return lo;
   }
 
+  /** How many steps lie wholly below addr (they are the first ones: steps are sorted). */
+  stepsBelow(addr: number): number {
+    return this.firstEndingAfter(addr);
+  }
+
   /** The leaf that maps addr, or null. */
   leafAt(addr: number): ModelLeaf | null {
     const s = this.steps[this.firstEndingAfter(addr)];

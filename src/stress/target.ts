@@ -39,8 +39,8 @@ export interface StressTarget {
   readonly workers: number | null;
   allocDomain(options: DomainOptions): Promise<void>;
   client(index: number): Promise<ClientPort>;
-  /** Test-only: kill or break a worker in the next parallel call (in-process only). */
-  injectWorkerFault(plan: FaultPlan): void;
+  /** Test-only: kill or break a worker in the next parallel call (in-process only); false if no plan was taken. */
+  injectWorkerFault(plan: FaultPlan): boolean;
   plantBug(bug: PlantedBug): void;
   stats(): Promise<{ syncs: number; invalidations: number; tablePages: number }>;
   freeDomain(): Promise<void>;
@@ -97,8 +97,11 @@ export class InProcessTarget implements StressTarget {
     };
   }
 
-  injectWorkerFault(plan: FaultPlan): void {
-    if (this.iommu.parallel && this.iommu.parallel.faultPlan === null) this.iommu.parallel.faultPlan = plan;
+  injectWorkerFault(plan: FaultPlan): boolean {
+    // One plan at a time: the next parallel call, whichever it is, takes it.
+    if (!this.iommu.parallel || this.iommu.parallel.faultPlan !== null) return false;
+    this.iommu.parallel.faultPlan = plan;
+    return true;
   }
 
   plantBug(bug: PlantedBug): void {
@@ -162,19 +165,24 @@ export class DaemonTarget implements StressTarget {
       attach: (device) => conn.attachDevice(device, dom),
       reconnect: async () => {
         conn.destroy();
-        this.clients.splice(this.clients.indexOf(conn), 1);
+        this.forget(conn);
         conn = await IommudClient.connect(this.socket, { tenant: this.tenant });
         this.clients.push(conn);
         dom = conn.domain(this.domainId, this.pgsizeBitmap);
       },
       close: async () => {
         await conn.close();
-        this.clients.splice(this.clients.indexOf(conn), 1);
+        this.forget(conn);
       },
     };
   }
 
-  injectWorkerFault(): void {
+  private forget(conn: IommudClient): void {
+    const i = this.clients.indexOf(conn);
+    if (i >= 0) this.clients.splice(i, 1);
+  }
+
+  injectWorkerFault(): boolean {
     throw new IommuError('EINVAL', 'worker faults can only be injected in-process');
   }
 

@@ -30,7 +30,7 @@ export const MAX_CLIENTS = 64;
 
 export const PRIVATE_BASE = 2 ** 40;
 export const PRIVATE_SPAN = 2 ** 34;
-const DENSE_SPAN = 64 * 2 ** 20;
+export const DENSE_SPAN = 64 * 2 ** 20;
 const BLOCK_AREA = G1;
 const BIG_AREA = 8 * G1;
 const BIG_SLOT_SPAN = 2 ** 29;
@@ -41,7 +41,8 @@ export const SLOT_SPAN = 2 ** 29;
 export const SIGNATURE_BASE = 2 ** 46;
 /** Signature addresses are this far apart: room for the largest slot. */
 export const SIGNATURE_STRIDE = 2 ** 28;
-export const SIGNATURES = 2 ** 18;
+/** Distinct signatures: [2^46, 2^46 + 2^19 * 2^28) stays below 2^48 (oas). */
+export const SIGNATURES = 2 ** 19;
 
 /** A scatter-gather list, stored compactly: an explicit list, or n entries of len bytes laid out. */
 export type SgSpec =
@@ -69,23 +70,24 @@ export function sgEntries(sg: SgSpec): number {
   return sg.kind === 'list' ? sg.pairs.length / 2 : sg.n;
 }
 
+/** Calls `each` with every entry of the list, in order. */
+function forEachEntry(sg: SgSpec, each: (phys: number, length: number) => void): void {
+  if (sg.kind === 'list') {
+    for (let i = 0; i < sg.pairs.length; i += 2) each(sg.pairs[i]!, sg.pairs[i + 1]!);
+  } else {
+    for (let i = 0; i < sg.n; i++) each(sg.phys + (sg.kind === 'swap' ? i ^ 1 : i) * sg.len, sg.len);
+  }
+}
+
 export function sgPieces(sg: SgSpec): SgPiece[] {
   const out: SgPiece[] = [];
-  if (sg.kind === 'list') {
-    for (let i = 0; i < sg.pairs.length; i += 2) out.push({ phys: sg.pairs[i]!, length: sg.pairs[i + 1]! });
-  } else {
-    for (let i = 0; i < sg.n; i++) out.push({ phys: sg.phys + (sg.kind === 'swap' ? i ^ 1 : i) * sg.len, length: sg.len });
-  }
+  forEachEntry(sg, (phys, length) => out.push({ phys, length }));
   return out;
 }
 
 export function sgTable(sg: SgSpec): SgTable {
   const t = new SgTable(sgEntries(sg));
-  if (sg.kind === 'list') {
-    for (let i = 0; i < sg.pairs.length; i += 2) t.push(sg.pairs[i]!, sg.pairs[i + 1]!);
-  } else {
-    for (let i = 0; i < sg.n; i++) t.push(sg.phys + (sg.kind === 'swap' ? i ^ 1 : i) * sg.len, sg.len);
-  }
+  forEachEntry(sg, (phys, length) => t.push(phys, length));
   return t;
 }
 
@@ -158,6 +160,8 @@ export class Workload {
   private readonly window: { base: number; end: number };
   private readonly physBase: number;
   private count = 0;
+  /** Shared maps this client has made: their serials are unique across clients. */
+  private sharedMaps = 0;
 
   constructor(
     private readonly o: WorkloadOptions,
@@ -227,20 +231,21 @@ export class Workload {
     return this.chance(0.02) ? PAGE / 2 : 0;
   }
 
-  /** An existing step of the dense area, or null. */
-  private someStep(lo: number, hi: number): { iova: number; size: number } | null {
-    const steps = this.model.steps;
-    if (steps.length === 0) return null;
-    for (let tries = 0; tries < 4; tries++) {
-      const s = steps[this.int(steps.length)]!;
-      if (s.iova >= lo && s.iova < hi) return { iova: s.iova, size: s.pgsize * s.count };
-    }
-    return null;
+  /**
+   * An existing mapping (a step) of the dense area, or null. Only the dense area's steps are drawn
+   * from, and they come first in the sorted model: the big and block areas, whose calls a worker
+   * fault may fail depending on timing, never shape the stream.
+   */
+  private someStep(): { iova: number; size: number } | null {
+    const n = this.model.stepsBelow(this.window.base + DENSE_SPAN);
+    if (n === 0) return null;
+    const s = this.model.steps[this.int(n)]!;
+    return { iova: s.iova, size: s.pgsize * s.count };
   }
 
   private denseAddress(): number {
     const w = this.window.base;
-    const step = this.chance(0.5) ? this.someStep(w, w + DENSE_SPAN) : null;
+    const step = this.chance(0.5) ? this.someStep() : null;
     if (step) return step.iova + this.int(step.size / PAGE) * PAGE + this.int(PAGE);
     return w + this.int(DENSE_SPAN);
   }
@@ -250,7 +255,7 @@ export class Workload {
     if (this.chance(0.3)) return w + this.int(DENSE_SPAN / M2) * M2 + this.skew();
     if (this.chance(0.3)) {
       // Just after (or on) an existing mapping: a call that collides part-way through.
-      const s = this.someStep(w, w + DENSE_SPAN);
+      const s = this.someStep();
       if (s) return s.iova + Math.max(0, s.size - (1 + this.int(4)) * PAGE);
     }
     return w + this.int(DENSE_SPAN / PAGE - 1024) * PAGE + this.skew();
@@ -291,10 +296,10 @@ export class Workload {
   /** unmap or unmap_sg in the dense area: of a mapping's range, or anywhere (holes, inside blocks). */
   private smallUnmap(sg: boolean): StressOp {
     const w = this.window.base;
-    const s = this.chance(0.75) ? this.someStep(w, w + DENSE_SPAN) : null;
+    const s = this.chance(0.75) ? this.someStep() : null;
     const iova = s ? s.iova : w + this.int(DENSE_SPAN / PAGE) * PAGE + this.skew();
     const size = s && this.chance(0.5) ? s.size : this.length();
-    const defer = this.o.defer && this.chance(0.4);
+    const defer = sg && this.o.defer && this.chance(0.4);
     const op: StressOp = sg ? { op: 'unmap_sg', iova, sg: splitList(size, this.int(3) + 1), defer } : { op: 'unmap', iova, size };
     if (!defer) return op;
     // Translate before (to cache it) and after: the second may see the stale translation.
@@ -345,7 +350,7 @@ export class Workload {
     const pages = slot.size / PAGE;
     const r = this.random();
     if (r < 0.45) {
-      const phys = signature(this.count * o.clients + o.client);
+      const phys = signature(this.sharedMaps++ * o.clients + o.client);
       const how = this.random();
       if (how < 0.3) return { op: 'map', iova: slot.iova, paddr: phys, size: slot.size, prot: 3 };
       return { op: 'map_sg', iova: slot.iova, sg: { kind: how < 0.65 ? 'contig' : 'swap', phys, n: pages, len: PAGE }, prot: 3, defer: false };

@@ -325,18 +325,21 @@ test.serial('with callerRuns, a map goes to the pool only when its estimated wor
     await offload.close();
   });
   const iova = 2 ** 33;
-  const cases: { name: string; call: (d: Domain) => Promise<unknown>; pool: boolean }[] = [
-    // runs * 40 ns + pages * 4 ns against 3 ms.
+  const cases: { name: string; call: (d: Domain) => Promise<unknown>; pool: boolean; bitmap?: number }[] = [
+    // runs * 40 ns + leaves * 4 ns against 3 ms.
     { name: 'contiguous 256Ki pages (~1 ms)', call: (d) => d.mapSg(iova, bigList('c', contiguousSegs(1 << 18, K4, 2 ** 36)).table, RW), pool: false },
     { name: 'contiguous 1Mi pages (~4 ms)', call: (d) => d.mapSg(iova, bigList('c', contiguousSegs(1 << 20, K4, 2 ** 36)).table, RW), pool: true },
     { name: 'scattered 64Ki runs (~2.9 ms)', call: (d) => d.mapSg(iova, bigList('s', scatteredSegs(1 << 16, K4, 0x77)).table, RW), pool: false },
     { name: 'scattered 128Ki runs (~5.8 ms)', call: (d) => d.mapSg(iova, bigList('s', scatteredSegs(1 << 17, K4, 0x77)).table, RW), pool: true },
     { name: 'map() of 1 GiB (~1 ms)', call: (d) => d.map(iova, 2 ** 36, G1, RW), pool: false },
     { name: 'map() of 4 GiB (~4 ms)', call: (d) => d.map(iova, 2 ** 36, 4 * G1, RW), pool: true },
+    // The same 4 GiB, 1 GiB-aligned, on the default page sizes: 4 leaves, nothing to share.
+    { name: 'map() of 4 GiB in 1G blocks (4 leaves)', call: (d) => d.map(iova, 2 ** 36, 4 * G1, RW), pool: false, bitmap: 0x4020_1000 },
+    { name: 'map_sg of two 2 GiB segments in 1G blocks (4 leaves)', call: (d) => d.mapSg(iova, [{ phys: 2 ** 36, length: 2 * G1 }, { phys: 2 ** 38, length: 2 * G1 }], RW), pool: false, bitmap: 0x4020_1000 },
   ];
   for (const c of cases) {
     for (const [iommu, expectPool, how] of [[worth, c.pool, 'callerRuns'], [offload, true, 'pool only']] as const) {
-      const dom = iommu.allocDomain({ pgsizeBitmap: 0x1000 });
+      const dom = iommu.allocDomain({ pgsizeBitmap: c.bitmap ?? 0x1000 });
       const tasks = await tasksOf(iommu, () => c.call(dom));
       t.is((tasks.map ?? 0) > 0, expectPool, `${c.name}, ${how}: ${JSON.stringify(tasks)}`);
       await dom.free();
