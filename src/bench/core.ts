@@ -18,7 +18,8 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Iommu, Prot, type Domain, type SgEntry, type SgTable } from '../index.js';
 import { gc, type BenchContext, type Suite, type Timer } from './harness.js';
-import { PAGE, contiguousPhys, countRuns, mulberry32, scatteredPhys, toArray, toSgTable } from './sglists.js';
+import { PAGE, contiguousPhys, countRuns, scatteredPhys, toArray, toSgTable } from './sglists.js';
+import { mulberry32 } from '../util/rng.js';
 
 /** 1,048,576 contiguous pages = 4 GiB of IOVA and of physical memory. */
 export const CONTIG_PAGES = 2 ** 20;

@@ -16,7 +16,8 @@
  */
 import { FaultError, Iommu, Prot, SgTable, type Domain } from '../index.js';
 import type { BenchContext, Measurement, Suite, Timer } from './harness.js';
-import { PAGE, mulberry32, scatteredPhys } from './sglists.js';
+import { PAGE, scatteredPhys } from './sglists.js';
+import { mulberry32 } from '../util/rng.js';
 
 const PROT = Prot.READ | Prot.WRITE;
 const SEED = 0x10715b;

@@ -4,8 +4,6 @@
 import { SgTable, type SgEntry } from '../index.js';
 import { mulberry32 } from '../util/rng.js';
 
-export { mulberry32 };
-
 export const PAGE = 4096;
 
 /** `pages` 4K entries whose physical addresses are consecutive from `physBase`: one run for map_sg. */

@@ -20,7 +20,7 @@ import type { TableMemory } from '../pgtable/memory.js';
 import { IoPgtable, MapLog } from '../pgtable/pgtable.js';
 import { checkAddress, checkBoolean, checkOptions, hex } from '../util/args.js';
 import { MapError, MapLoop } from './maploop.js';
-import { PARALLEL_MIN_PAGES, type DomainTables, type ParallelEngine } from './parallel.js';
+import { MAX_PIECED_ENTRIES, PARALLEL_MIN_PAGES, type DomainTables, type ParallelEngine } from './parallel.js';
 import { RangeLock } from './rangelock.js';
 import type { TableBudget } from './budget.js';
 import type { TableSpec } from '../pool/tasks.js';
@@ -154,7 +154,7 @@ export class Domain implements DomainTables {
     // The §2 checks fail before anything is written: no rollback, no invalidation.
     if (loop.checkRun(iova, paddr, size) !== MapError.None) throw loop.toError();
     const par = this.host.parallel;
-    if (par && par.mapWorthIt(1, 1, size / this.minPgsize, () => loop.leavesOf(iova, paddr, size))) {
+    if (par && par.mapIsBig(1, size / this.minPgsize) && par.mapWorthIt(1, loop.leavesOf(iova, paddr, size))) {
       await this.exclusive(iova, iova + size, () =>
         this.whileMapping(iova, iova + size, async () => {
           const out = await par.runMap(this, iova, par.planMap(this, iova, paddr, size, prot));
@@ -190,7 +190,8 @@ export class Domain implements DomainTables {
     const n = pairs.length / 2;
     const par = this.host.parallel;
     // Many entries, or few that cover many pages: work for the pool, if it is worth the dispatch.
-    if (par && par.mapWorthIt(n, view.index.runs, view.index.bytes / this.minPgsize, () => this.sgLeaves(iova, pairs, n))) {
+    const pages = view.index.bytes / this.minPgsize;
+    if (par && par.mapIsBig(n, pages) && par.mapWorthIt(view.index.runs, n <= MAX_PIECED_ENTRIES ? this.sgLeaves(iova, pairs, n) : pages)) {
       const plan = par.planSg(this, iova, view, prot);
       const end = iova + view.index.bytes;
       return this.exclusive(iova, end, () =>

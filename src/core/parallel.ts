@@ -110,17 +110,20 @@ export class ParallelEngine {
    */
   bySizeOnly = false;
 
+  /** Whether a map of `entries` sg entries covering `pages` smallest pages is big enough for the pool. */
+  mapIsBig(entries: number, pages: number): boolean {
+    return entries >= PARALLEL_MIN_PAGES || pages >= PARALLEL_MIN_PAGES;
+  }
+
   /**
-   * Whether a map of `entries` sg entries in `runs` runs covering `pages` smallest pages goes to the
-   * pool. Without callerRuns (the daemon) every big call does, to keep the caller's event loop free;
-   * with it, only calls whose estimated inline time makes parallelism pay. `leaves()` counts the
-   * leaves the call writes; it is asked only for a call of at most MAX_PIECED_ENTRIES entries, whose
-   * runs are few (more entries: their pages stand for their leaves).
+   * Whether a big map of `runs` runs writing `leaves` leaves goes to the pool. Without callerRuns (the
+   * daemon) every big call does, to keep the caller's event loop free; with it, only calls whose
+   * estimated inline time makes parallelism pay. Callers count the leaves of a call of at most
+   * MAX_PIECED_ENTRIES entries (its runs are few) and pass the pages of a longer one.
    */
-  mapWorthIt(entries: number, runs: number, pages: number, leaves: () => number): boolean {
-    if (entries < PARALLEL_MIN_PAGES && pages < PARALLEL_MIN_PAGES) return false;
+  mapWorthIt(runs: number, leaves: number): boolean {
     if (!this.callerRuns || this.bySizeOnly) return true;
-    return runs * RUN_NS + (entries <= MAX_PIECED_ENTRIES ? leaves() : pages) * PAGE_NS >= MIN_POOL_WORK_NS;
+    return runs * RUN_NS + leaves * PAGE_NS >= MIN_POOL_WORK_NS;
   }
 
   /**
@@ -152,8 +155,8 @@ export class ParallelEngine {
   planSg(d: DomainTables, iova: number, sg: SgView, prot: number): MapPlan {
     const { pairs, index } = sg;
     const n = index.length;
-    const pages = index.bytes / d.loop.minPgsize;
     if (n <= MAX_PIECED_ENTRIES) return this.planRuns(d, iova, sg, prot);
+    const pages = index.bytes / d.loop.minPgsize;
     // As many chunks as the pages are worth, but at least one entry each.
     const k = Math.min(this.chunkCount(Math.max(n, pages)), n);
     const bounds = Array.from({ length: k + 1 }, (_, c) => Math.round((c * n) / k));

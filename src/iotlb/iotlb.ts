@@ -99,20 +99,15 @@ export class Iotlb {
    * table pages the gather frees) as one batch, and empties the gather.
    */
   sync(owner: TableOwner, gather: Gather): void {
-    const tag = owner.tag;
     gather.close();
-    const commands = gather.commands;
-    if (this.leaves.size > 0 || this.walks.size > 0) for (const c of commands) this.apply(tag, c);
-    for (const c of commands) this.commands[c.kind === 'all' ? 'domain' : c.kind]++;
-    this.counted(commands.length);
-    // Only now, with the walk invalidations issued, may the tables the batch unlinked be reused.
-    owner.freePages(this.mem, gather.freePages);
-    gather.reset();
+    for (const c of gather.commands) this.commands[c.kind === 'all' ? 'domain' : c.kind]++;
+    this.counted(gather.commands.length);
+    this.applyNow(owner, gather);
   }
 
   /**
-   * Applies `gather`'s invalidations to the caches at once and frees its pages, as part of the table
-   * change that made them, not as a batch of its own (nothing is counted): a map on a domain without
+   * Applies `gather`'s invalidations to the caches at once and frees its pages; sync() counts them as
+   * a batch first. Called alone, it is part of the table change that made them (nothing is counted): a map on a domain without
    * invalidateOnMap has no batch (CONTRACT), yet the walks cached through tables its blocks replaced
    * must go before the map returns, or devices would walk the old, empty tables and fault on the new
    * blocks. io-pgtable-arm flushes those walks at once too (__arm_lpae_unmap, tlb_flush_walk).
@@ -120,6 +115,7 @@ export class Iotlb {
   applyNow(owner: TableOwner, gather: Gather): void {
     gather.close();
     if (this.leaves.size > 0 || this.walks.size > 0) for (const c of gather.commands) this.apply(owner.tag, c);
+    // Only now, with the walk invalidations applied, may the tables the gather unlinked be reused.
     owner.freePages(this.mem, gather.freePages);
     gather.reset();
   }
