@@ -98,10 +98,12 @@ export class MapLoop {
     const pt = this.pgtable;
     pt.resetWalkCache();
     if (end <= first) return 0;
-    // A run of exactly one smallest page (a scattered list) needs no page-size choice.
+    // Runs of exactly one smallest page (a scattered list) are written a table at a time.
     const min = this.minPgsize;
     const minLevel = pt.geo.levelOfPgsize(min);
     const minEnc = this.encoding(prot, minLevel);
+    // A run crossing out of the chunk is the tail's, mapped clipped: the fast path stops before it.
+    const singlesEnd = tail ? end - 1 : end;
     let i = first;
     let at = spanStart;
     if (head) {
@@ -112,18 +114,20 @@ export class MapLoop {
     }
     while (i < end) {
       const start = pairs[2 * i]!;
+      if (log.written === 0) log.setBase(at);
+      if (i < singlesEnd && pairs[2 * i + 1] === min && (i + 1 === end || pairs[2 * i + 2] !== start + min)) {
+        const n = pt.mapSinglePages(pairs, i, singlesEnd, end, at, minLevel, minEnc, log);
+        if (n > 0) {
+          i += n;
+          at += n * min;
+          continue;
+        }
+      }
       const j = runEnd(pairs, breaks, i + 1, end, start + pairs[2 * i + 1]!);
       const len = pairs[2 * j - 2]! + pairs[2 * j - 1]! - start;
       i = j;
-      if (log.written === 0) log.setBase(at);
       if (j === end && tail) {
         if (!this.mapRunClipped(tail, spanStart, spanEnd, prot, log)) return -1;
-      } else if (len === min && ((at | start) & (min - 1)) === 0 && at + min <= pt.geo.iasLimit && start + min <= pt.geo.oasLimit) {
-        const status = pt.mapLeaf(at, start, minLevel, minEnc, log);
-        if (status !== MapStatus.Ok) {
-          this.writeFailed(status, log, start, len);
-          return -1;
-        }
       } else if (!this.mapRun(at, start, len, prot, log)) return -1;
       at += len;
     }

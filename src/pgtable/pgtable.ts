@@ -151,21 +151,42 @@ export class IoPgtable {
   }
 
   /**
-   * mapLeaves for one leaf: the common case of a scattered list (one smallest page per run), kept
-   * small so that the compiler inlines it into the map loop.
+   * The scattered-list fast path of map_sg: writes leaves of `level` for the entries from `i` on that
+   * are each a run of exactly one leaf (length = leaf size, aligned, not continued by the next entry),
+   * mapped back to back from iova, as far as iova's table goes and while each slot is empty. Entries
+   * below `limit` are taken; `end` bounds the look at the next entry. One walk, one intent and one
+   * `wrote` per table instead of per leaf. Returns the entries written: 0 where the first entry is not
+   * such a run, its slot is in use, or its table cannot be reached (the general path then decides,
+   * and reports the error in the right place).
    */
-  mapLeaf(iova: number, paddr: number, level: number, enc: LeafEncoding, log: MapLog): MapStatus {
-    const table =
-      level === this.cacheLevel && iova >= this.cacheBase && iova < this.cacheEnd
-        ? this.cacheTable
-        : this.walkToTable(iova, level, log);
-    if (table < 0) return -table as MapStatus;
-    const slot = this.slotOf(table, iova, level);
-    if (this.mem.i32[2 * slot] !== 0) return this.mapLeaves(iova, paddr, level, 1, enc, log);
-    log.intent(slot, slot + 1);
-    this.mem.f64[slot] = enc.at(paddr);
-    log.wrote(this.geo.blockSize(level));
-    return MapStatus.Ok;
+  mapSinglePages(pairs: Float64Array, i: number, limit: number, end: number, iova: number, level: number, enc: LeafEncoding, log: MapLog): number {
+    const size = this.geo.blockSize(level);
+    const mask = size - 1; // leaf sizes are at most 1 GiB: the low 32 bits decide alignment
+    if ((iova & mask) !== 0) return 0; // after a misaligned run: the general path fails it
+    const table = this.walkToTable(iova, level, log);
+    if (table < 0) return 0;
+    const first = this.slotOf(table, iova, level);
+    // Leaves left in this table, in the list, and below 2^ias.
+    let room = Math.min(this.entryMask[level]! + 1 - (first - table / 8), limit - i);
+    room = Math.min(room, Math.floor((this.geo.iasLimit - iova) / size));
+    const i32 = this.mem.i32;
+    const oasLimit = this.geo.oasLimit;
+    const perSize = 1 / size;
+    // Check every entry and slot before writing one, so the intent covers only slots known empty.
+    let n = 0;
+    for (let e = i; n < room; n++, e++) {
+      const phys = pairs[2 * e]!;
+      // Aligned: phys / size is whole (a multiply and a floor; `&` on a double above 2^31 is slow).
+      if (pairs[2 * e + 1] !== size || Math.floor(phys * perSize) * size !== phys || phys + size > oasLimit) break;
+      if (e + 1 < end && pairs[2 * e + 2] === phys + size) break; // e starts a longer run
+      if (i32[2 * (first + n)] !== 0) break;
+    }
+    if (n === 0) return 0;
+    log.intent(first, first + n);
+    const f64 = this.mem.f64;
+    for (let k = 0; k < n; k++) f64[first + k] = enc.at(pairs[2 * (i + k)]!);
+    log.wrote(n * size);
+    return n;
   }
 
   /**
