@@ -5,14 +5,16 @@
  * So a call costs one message per helper however many chunks it has; a helper that wakes late or
  * runs on a slower vCPU simply takes fewer chunks; and the caller works instead of waiting.
  *
- *   Int32 slots (header)                           Float64 words
- *   +-------+--------+--------------------------+-------------------------+-------------------------------+
- *   | next  | chunks | helper h: threadId + 1   | plan: P.Stride words    | journals (MapLog layout, J.*) |
- *   | chunk |        | (MAX_HELPERS slots)      | per chunk               | one per chunk                 |
- *   +-------+--------+--------------------------+-------------------------+-------------------------------+
+ *   Int32 slots (header)                                    Float64 words
+ *   +-------+--------+--------+--------------------------+-------------------------+-------------------------------+
+ *   | next  | chunks | chunks | helper h: threadId + 1   | plan: P.Stride words    | journals (MapLog layout, J.*) |
+ *   | chunk |        | done   | (MAX_HELPERS slots)      | per chunk               | one per chunk                 |
+ *   +-------+--------+--------+--------------------------+-------------------------+-------------------------------+
  *
  * A chunk's journal says how far it got (MapLog's undo log, mirrored) and, once it is done, how it
  * ended: a chunk left Claimed was running in a thread that died or threw, and is undone from it.
+ * The done counter lets the caller wait for the helpers' last chunks in shared memory (waitDone)
+ * rather than for their result messages, which arrive 0.03-0.25 ms later (docs/performance.md).
  */
 import { J, MapLog } from '../pgtable/maplog.js';
 import type { MapChunk } from '../pool/tasks.js';
@@ -23,7 +25,8 @@ const HEADER_SLOTS = 512;
 const enum H {
   Next = 0,
   Chunks = 1,
-  Helpers = 2,
+  Done = 2,
+  Helpers = 3,
 }
 export const MAX_HELPERS = HEADER_SLOTS - H.Helpers;
 const PLAN_WORDS = HEADER_SLOTS / 2;
@@ -60,15 +63,21 @@ export class MapCall {
   private readonly i32: Int32Array;
   private readonly f64: Float64Array;
 
-  /** Lays out a call: its chunks' plan and, for each, a journal of the given capacities. */
-  static create(chunks: readonly MapChunk[], caps: readonly (readonly [number, number])[]): MapCall {
+  /**
+   * Lays out a call: its chunks' plan and, for each, a journal of the given capacities. It takes a
+   * buffer from `spare` if one is big enough (a buffer of a few 100 KiB costs 0.05-0.1 ms to
+   * allocate); the caller gives the buffer back there once no helper can touch it any more.
+   */
+  static create(chunks: readonly MapChunk[], caps: readonly (readonly [number, number])[], spare: SharedArrayBuffer[] = []): MapCall {
     let words = PLAN_WORDS + chunks.length * P.Stride;
     const offsets = caps.map(([installed, replaced]) => {
       const at = words;
       words += J.Header + 2 * installed + 4 * replaced;
       return at;
     });
-    const call = new MapCall(new SharedArrayBuffer(words * 8));
+    const fit = spare.findIndex((b) => b.byteLength >= words * 8);
+    const call = new MapCall(fit >= 0 ? spare.splice(fit, 1)[0]! : new SharedArrayBuffer(2 ** Math.ceil(Math.log2(words * 8))));
+    call.f64.fill(0, 0, words);
     call.i32[H.Chunks] = chunks.length;
     const f = call.f64;
     chunks.forEach((c, i) => {
@@ -161,9 +170,26 @@ export class MapCall {
         f[off + J.ErrorSize] = loop.errorSize;
       }
       f[off + J.State] = ChunkState.Done;
+      if (Atomics.add(this.i32, H.Done, 1) === chunks - 1) Atomics.notify(this.i32, H.Done);
       mapped++;
     }
     return mapped;
+  }
+
+  /**
+   * Blocks until every chunk is done, for at most `timeoutMs`; false if some chunk is not done by
+   * then (its helper is slow, or died mid-chunk: its task will tell). For the calling thread, once it
+   * has nothing left to claim: what remains is at most one chunk per helper, already running.
+   */
+  waitDone(timeoutMs: number): boolean {
+    const deadline = performance.now() + timeoutMs;
+    const chunks = this.chunks;
+    for (let done = Atomics.load(this.i32, H.Done); done < chunks; done = Atomics.load(this.i32, H.Done)) {
+      const left = deadline - performance.now();
+      if (left <= 0) return false;
+      Atomics.wait(this.i32, H.Done, done, left);
+    }
+    return true;
   }
 
   /** The chunk's undo log, as its journal has it (for a Done chunk, the whole log but freed pages). */

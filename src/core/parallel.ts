@@ -52,7 +52,15 @@ const RUN_NS = 40;
 const PAGE_NS = 4;
 const MIN_POOL_WORK_NS = 3_000_000;
 export const MIN_CHUNK_PAGES = 16384;
-const CHUNKS_PER_THREAD = 4;
+/**
+ * Chunks are claimed, not assigned, so more of them balance a helper that wakes late (0.1-0.2 ms
+ * here) or runs slower: the caller takes its share. A chunk costs ~1 µs to claim and set up.
+ */
+const CHUNKS_PER_THREAD = 16;
+/** How long the caller waits in shared memory for helpers' chunks in progress, before it awaits their tasks. */
+const CALLER_WAIT_MS = 20;
+/** MapCall buffers kept for reuse. */
+const MAX_SPARE_CALLS = 4;
 /** A map_sg list of at most this many entries is cut by IOVA within its runs, not by entries. */
 export const MAX_PIECED_ENTRIES = 64;
 const JOURNAL_CAP = 1 << 16;
@@ -86,6 +94,10 @@ export class ParallelEngine {
   faultPlan: FaultPlan | null = null;
   /** Threads that work on one call: the helpers of the pool, and the caller if callerRuns. */
   private readonly participants: number;
+  /** MapCall buffers that no helper uses any more. */
+  private readonly spareCalls: SharedArrayBuffer[] = [];
+  /** Helper tasks dispatched whose results piscina has not handled yet. */
+  private helpersInFlight = 0;
 
   /**
    * @param callerRuns the calling thread maps chunks too, so that a call wakes one helper fewer (on
@@ -237,11 +249,16 @@ export class ParallelEngine {
    * left. Then collects every chunk's log from its journal, and the call's error.
    */
   async runMap(d: DomainTables, iova: number, plan: MapPlan): Promise<MapOutcome> {
+    // The caller may have returned from an earlier call before its helpers' result messages were
+    // handled (waitDone), and piscina counts a worker busy until then: this call's helper would queue
+    // behind it and start too late to help. One turn of the event loop handles those messages.
+    if (this.helpersInFlight > 0) await new Promise<void>((resolve) => setImmediate(resolve));
     const { chunks } = plan;
     const geo = d.pgtable.geo;
     const call = MapCall.create(
       chunks,
       chunks.map((c) => journalCaps(geo, d.loop.minPgsize, d.spec.pgsizeBitmap, c.spanEnd - c.spanStart)),
+      this.spareCalls,
     );
     const planned = this.takePlan();
     let fault: MapTask['fault'];
@@ -265,8 +282,19 @@ export class ParallelEngine {
         }),
       );
     }
-    if (callerRuns) call.runClaimed(d.loop, new Float64Array(plan.sg), new Int32Array(plan.breaks), plan.prot, -1, threadId, null);
-    await Promise.allSettled(tasks);
+    const settled = Promise.allSettled(tasks);
+    this.helpersInFlight += tasks.length;
+    // The buffer is reused once no helper can touch it: a helper that starts late still looks at it.
+    void settled.then(() => {
+      this.helpersInFlight -= tasks.length;
+      if (this.spareCalls.length < MAX_SPARE_CALLS) this.spareCalls.push(call.sab);
+    });
+    if (callerRuns) {
+      call.runClaimed(d.loop, new Float64Array(plan.sg), new Int32Array(plan.breaks), plan.prot, -1, threadId, null);
+      // What is left is the helpers' chunks in progress: wait for them in shared memory, briefly. A
+      // helper that died mid-chunk never finishes it, and is then found through its task.
+      if (!call.waitDone(CALLER_WAIT_MS)) await settled;
+    } else await settled;
 
     const logs: MapLog[] = [];
     let error: IommuError | null = null;

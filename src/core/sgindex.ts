@@ -21,7 +21,7 @@ export class SgIndex {
   constructor(capacity = BLOCK) {
     const blocks = Math.max(1, Math.ceil(capacity / BLOCK));
     this.bytesBefore = new Float64Array(blocks);
-    this.firstBreak = new Int32Array(blocks).fill(-1);
+    this.firstBreak = sharedBreaks(blocks);
     this.lastBreak = new Int32Array(blocks).fill(-1);
   }
 
@@ -45,7 +45,8 @@ export class SgIndex {
 
   /**
    * Per block, the first entry in it that starts a run, or -1 if every entry in it continues the run
-   * before (see runEnd in maploop.ts). Valid until the next add().
+   * before (see runEnd in maploop.ts). In shared memory, so a parallel map hands it to the workers as
+   * it is. Valid until the next add().
    */
   get breaks(): Int32Array {
     return this.firstBreak;
@@ -98,7 +99,7 @@ export class SgIndex {
     const n = this.bytesBefore.length * 2;
     const bytesBefore = new Float64Array(n);
     bytesBefore.set(this.bytesBefore);
-    const firstBreak = new Int32Array(n).fill(-1);
+    const firstBreak = sharedBreaks(n);
     firstBreak.set(this.firstBreak);
     const lastBreak = new Int32Array(n).fill(-1);
     lastBreak.set(this.lastBreak);
@@ -106,4 +107,9 @@ export class SgIndex {
     this.firstBreak = firstBreak;
     this.lastBreak = lastBreak;
   }
+}
+
+/** A breaks array in shared memory, every block "no break" (-1) until entries say otherwise. */
+function sharedBreaks(blocks: number): Int32Array {
+  return new Int32Array(new SharedArrayBuffer(blocks * 4)).fill(-1);
 }
