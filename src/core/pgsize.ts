@@ -18,6 +18,15 @@ export class PgsizeChooser {
     return this.sizes[this.sizes.length - 1]!;
   }
 
+  /**
+   * The longest run that is mapped with smallest pages only, whatever its alignment: one byte short
+   * of the next supported size (iommu_pgsize never picks a size above the run's length).
+   */
+  get maxSmallRun(): number {
+    const n = this.sizes.length;
+    return n > 1 ? this.sizes[n - 2]! - this.sizes[n - 1]! : Infinity;
+  }
+
   /** Returns pgsize for mapping `size` bytes at iova -> paddr, and sets `count`. */
   choose(iova: number, paddr: number, size: number): number {
     const sizes = this.sizes;

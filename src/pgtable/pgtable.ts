@@ -190,6 +190,79 @@ export class IoPgtable {
   }
 
   /**
+   * The short-run fast path of map_sg: writes the leaves of the runs that start at entry `i` and
+   * follow it, mapped back to back from iova, each run shorter than `maxRun + 1` bytes so that all its
+   * leaves are of `level` (the smallest size), as far as iova's table goes and while the slots are
+   * empty. Entries below `limit` are taken; `end` bounds the look at the entry after a run. A run is
+   * taken whole or not at all, and its entries must each be whole leaves. One walk, one intent and
+   * one `wrote` per table instead of per run. Returns the entries written: 0 where the first run is
+   * not such a run, its slots are in use, or its table cannot be reached (the general path then
+   * decides, and reports any error in the right place).
+   */
+  mapShortRuns(pairs: Float64Array, i: number, limit: number, end: number, iova: number, level: number, maxRun: number, enc: LeafEncoding, log: MapLog): number {
+    const size = this.geo.blockSize(level);
+    if ((iova & (size - 1)) !== 0) return 0; // after a misaligned run: the general path fails it
+    const table = this.walkToTable(iova, level, log);
+    if (table < 0) return 0;
+    const first = this.slotOf(table, iova, level);
+    // Leaves left in this table and below 2^ias.
+    const room = Math.min(this.entryMask[level]! + 1 - (first - table / 8), Math.floor((this.geo.iasLimit - iova) / size));
+    const i32 = this.mem.i32;
+    const oasLimit = this.geo.oasLimit;
+    const perSize = 1 / size;
+    // Pass 1: whole runs that qualify, and whose slots are all empty, so the intent covers only slots
+    // known empty. `&` on a double above 2^31 is slow: alignment is a multiply and a floor.
+    let e = i;
+    let leaves = 0;
+    while (e < limit) {
+      const paddr = pairs[2 * e]!;
+      if (Math.floor(paddr * perSize) * size !== paddr) break;
+      // Merge no further than the run may go: a longer one is the general path's (a long contiguous
+      // run is merged there block by block, without reading its entries).
+      const cap = Math.min(maxRun, (room - leaves) * size);
+      let len = 0;
+      let k = e;
+      do {
+        const l = pairs[2 * k + 1]!;
+        if (Math.floor(l * perSize) * size !== l) break;
+        len += l;
+        k++;
+      } while (k < end && len <= cap && pairs[2 * k] === paddr + len);
+      // Not whole entries, a run continued past `limit` (the tail's) or too long, or out of range.
+      if (k < end && pairs[2 * k] === paddr + len) break;
+      if (k > limit || len > cap || paddr + len > oasLimit) break;
+      const n = len * perSize;
+      let s = first + leaves;
+      const stop = s + n;
+      while (s < stop && i32[2 * s] === 0) s++;
+      if (s < stop) break;
+      leaves += n;
+      e = k;
+    }
+    if (leaves === 0) return 0;
+    // Pass 2: write them, entry by entry (consecutive leaves of an entry differ by `size`).
+    log.intent(first, first + leaves);
+    const f64 = this.mem.f64;
+    let s = first;
+    for (let k = i; k < e; k++) {
+      const paddr = pairs[2 * k]!;
+      const stop = s + pairs[2 * k + 1]! * perSize;
+      f64[s++] = enc.at(paddr);
+      if (s < stop) {
+        let desc = enc.at(paddr + size);
+        const step = desc - f64[s - 1]!;
+        for (; s < stop; s++, desc += step) f64[s] = desc;
+      }
+    }
+    log.wrote(leaves * size);
+    this.shortRunBytes = leaves * size;
+    return e - i;
+  }
+
+  /** Bytes of IOVA the last mapShortRuns mapped. */
+  shortRunBytes = 0;
+
+  /**
    * Walks from the root to the table at `level` that holds iova's entry, installing missing tables.
    * Returns its byte offset, or -MapStatus when a block already maps the range or memory ran out.
    */

@@ -31,6 +31,8 @@ export class ChunkPool {
   readonly threads: number;
   private readonly piscina: Piscina;
   private destroyed = false;
+  /** Tasks dispatched and not yet settled. */
+  private readonly inflight = new Set<Promise<unknown>>();
 
   constructor(threads: number, memory: TableMemory, accounts: TableAccounts) {
     this.threads = threads;
@@ -51,19 +53,29 @@ export class ChunkPool {
    */
   async run<R>(task: ChunkTask): Promise<R> {
     if (this.destroyed) throw new IommuError('ENODEV', 'the worker pool has been shut down');
+    const result = this.piscina.run(task);
+    this.inflight.add(result);
     try {
-      return (await this.piscina.run(task)) as R;
+      return (await result) as R;
     } catch (e) {
       const message = (e as Error).message;
       // piscina reports a worker that exited (or was terminated) with this message; a task that
       // threw leaves its worker alive, with the error it threw.
       throw new WorkerFailure(/^worker exited/.test(message), `a worker failed running a ${task.kind} chunk: ${message}`);
+    } finally {
+      this.inflight.delete(result);
     }
   }
 
+  /**
+   * Ends the pool once the tasks in flight have settled. A call may return before its helpers' tasks
+   * do (the caller waits for their chunks in shared memory); such a task has nothing left to do, and
+   * piscina must not be torn down under it.
+   */
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
+    await Promise.allSettled([...this.inflight]);
     await this.piscina.destroy();
   }
 }
