@@ -25,7 +25,7 @@ import { RangeLock } from './rangelock.js';
 import type { TableBudget } from './budget.js';
 import type { TableSpec } from '../pool/tasks.js';
 import { checkProt } from './prot.js';
-import { sgView, type SgList } from './sg.js';
+import { sgView, type SgList, type SgView } from './sg.js';
 
 export interface DomainOptions {
   format?: FormatName;
@@ -154,7 +154,7 @@ export class Domain implements DomainTables {
     // The §2 checks fail before anything is written: no rollback, no invalidation.
     if (loop.checkRun(iova, paddr, size) !== MapError.None) throw loop.toError();
     const par = this.host.parallel;
-    if (par && par.mapIsBig(1, size / this.minPgsize) && par.mapWorthIt(1, loop.leavesOf(iova, paddr, size))) {
+    if (par && par.mapIsBig(1, size / this.minPgsize) && par.mapWorthIt(loop.estimateNs(1, loop.leavesOf(iova, paddr, size)))) {
       await this.exclusive(iova, iova + size, () =>
         this.whileMapping(iova, iova + size, async () => {
           const out = await par.runMap(this, iova, par.planMap(this, iova, paddr, size, prot));
@@ -191,7 +191,7 @@ export class Domain implements DomainTables {
     const par = this.host.parallel;
     // Many entries, or few that cover many pages: work for the pool, if it is worth the dispatch.
     const pages = view.index.bytes / this.minPgsize;
-    if (par && par.mapIsBig(n, pages) && par.mapWorthIt(view.index.runs, n <= MAX_PIECED_ENTRIES ? this.sgLeaves(iova, pairs, n) : pages)) {
+    if (par && par.mapIsBig(n, pages) && par.mapWorthIt(this.estimateSgNs(iova, view))) {
       const plan = par.planSg(this, iova, view, prot);
       const end = iova + view.index.bytes;
       return this.exclusive(iova, end, () =>
@@ -210,6 +210,13 @@ export class Domain implements DomainTables {
     };
     // The range (a pass over the list) is only needed when another call is in flight on this domain.
     return this.exclusiveSync(iova, () => iova + view.index.bytes, inline);
+  }
+
+  /** The inline time of a map_sg of the list, estimated for the pool decision. */
+  private estimateSgNs(iova: number, { pairs, index }: SgView): number {
+    const n = index.length;
+    // A short list's leaves are counted; a long one's are guessed from its mean run.
+    return n <= MAX_PIECED_ENTRIES ? this.loop.estimateNs(index.runs, this.sgLeaves(iova, pairs, n)) : this.loop.estimateSgNs(index.bytes, index.runs);
   }
 
   /**

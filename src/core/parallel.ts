@@ -41,16 +41,13 @@ import { inSharedMemory, type SgView } from './sg.js';
  */
 export const PARALLEL_MIN_PAGES = 65536;
 /**
- * With callerRuns, a map goes to the pool only when it is worth it: when its estimated inline time,
- * runs * RUN_NS + leaves * PAGE_NS, reaches MIN_POOL_WORK_NS (leaves counted for calls of few runs,
- * else taken as the smallest pages). Measured on the 2-vCPU machines of
- * docs/performance.md: a run of one page costs 25-55 ns inline, a 4K page of a long run 4-6 ns, and
- * the pool won from about 3 ms of work on (below it, dispatch and wake-ups cost more than half the
- * work: contiguous 256Ki-page lists and lists of 2M blocks ran at 0.5-0.9x).
+ * With callerRuns, a map goes to the pool only when its estimated inline time (MapLoop.estimateNs)
+ * reaches this. Measured on this 2-vCPU machine (docs/performance.md): a call pays ~0.2 ms before the
+ * caller maps (plan, call buffer, piscina's dispatch) and its helper starts 0.1-0.2 ms after it is
+ * asked, so scattered lists of 64Ki pages (0.4 ms inline) ran at 0.99x and of 128Ki (0.9 ms) at 1.5x;
+ * contiguous lists at 0.94x for 256Ki pages (0.43 ms) and 1.10x for 512Ki (0.88 ms).
  */
-const RUN_NS = 40;
-const PAGE_NS = 4;
-const MIN_POOL_WORK_NS = 3_000_000;
+const MIN_POOL_WORK_NS = 600_000;
 export const MIN_CHUNK_PAGES = 16384;
 /**
  * Chunks are claimed, not assigned, so more of them balance a helper that wakes late (0.1-0.2 ms
@@ -128,14 +125,13 @@ export class ParallelEngine {
   }
 
   /**
-   * Whether a big map of `runs` runs writing `leaves` leaves goes to the pool. Without callerRuns (the
-   * daemon) every big call does, to keep the caller's event loop free; with it, only calls whose
-   * estimated inline time makes parallelism pay. Callers count the leaves of a call of at most
-   * MAX_PIECED_ENTRIES entries (its runs are few) and pass the pages of a longer one.
+   * Whether a big map whose inline time is estimated at `inlineNs` (MapLoop.estimateNs) goes to the
+   * pool. Without callerRuns (the daemon) every big call does, to keep the caller's event loop free;
+   * with it, only calls long enough for parallelism to pay.
    */
-  mapWorthIt(runs: number, leaves: number): boolean {
+  mapWorthIt(inlineNs: number): boolean {
     if (!this.callerRuns || this.bySizeOnly) return true;
-    return runs * RUN_NS + leaves * PAGE_NS >= MIN_POOL_WORK_NS;
+    return inlineNs >= MIN_POOL_WORK_NS;
   }
 
   /**

@@ -202,6 +202,14 @@ export class IoPgtable {
   mapShortRuns(pairs: Float64Array, i: number, limit: number, end: number, iova: number, level: number, maxRun: number, enc: LeafEncoding, log: MapLog): number {
     const size = this.geo.blockSize(level);
     if ((iova & (size - 1)) !== 0) return 0; // after a misaligned run: the general path fails it
+    // The first run must be short before anything is walked: the walk installs a last-level table,
+    // which a longer run may not want (a block goes in its place).
+    const paddr0 = pairs[2 * i]!;
+    let len0 = 0;
+    let k0 = i;
+    do len0 += pairs[2 * k0++ + 1]!;
+    while (k0 < end && len0 <= maxRun && pairs[2 * k0] === paddr0 + len0);
+    if (len0 > maxRun || (k0 < end && pairs[2 * k0] === paddr0 + len0)) return 0;
     const table = this.walkToTable(iova, level, log);
     if (table < 0) return 0;
     const first = this.slotOf(table, iova, level);

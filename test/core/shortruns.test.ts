@@ -66,7 +66,7 @@ for (const [name, bitmap] of [
       fc.asyncProperty(
         fc.array(runArb, { minLength: 50, maxLength: 400 }),
         fc.oneof({ weight: 8, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
-        fc.array(fc.nat(8000), { maxLength: 3 }),
+        fc.uniqueArray(fc.nat(8000), { maxLength: 3 }),
         fc.integer({ min: 0, max: 600 }),
         async (runs, oasTop, obstacles, startPage) => {
           const sg = materialize(runs, oasTop);
