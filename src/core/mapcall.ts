@@ -52,6 +52,7 @@ export const enum ChunkState {
 
 /** Test-only: make whoever runs chunk `chunk` fail once it has mapped `afterBytes` of it. */
 export interface ChunkFault {
+  /** A chunk's index, or -1 for the first chunk this thread claims. */
   chunk: number;
   afterBytes: number;
   /** What failing means there (the worker exits or throws); built by the thread that runs it. */
@@ -147,7 +148,7 @@ export class MapCall {
       f[off + J.ThreadId] = threadId;
       f[off + J.State] = ChunkState.Claimed;
       const log = new MapLog(f[p + P.SpanStart]!, f, off);
-      if (fault && fault.chunk === c) {
+      if (fault && (fault.chunk === c || (fault.chunk < 0 && mapped === 0))) {
         log.faultAfter = fault.afterBytes;
         log.onFault = fault.trip;
       }

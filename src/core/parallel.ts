@@ -72,9 +72,16 @@ export interface DomainTables {
 /** Test-only fault injection: which chunk, and when. */
 export interface FaultPlan {
   phase: 'map' | 'scan' | 'clear';
+  /**
+   * Which chunk (or unmap piece) fails. For a map, HELPERS_FIRST_CHUNK means the first chunk a helper
+   * claims while the caller maps too (callerRuns stays on: the caller finds it unfinished); any
+   * other number, that chunk, with the call run on the helpers alone so that one of them takes it.
+   */
   chunk: number;
   fault: FaultSpec;
 }
+
+export const HELPERS_FIRST_CHUNK = -1;
 
 export interface MapOutcome {
   /** Bytes mapped (when error is null). */
@@ -257,13 +264,14 @@ export class ParallelEngine {
       this.spareCalls,
     );
     const planned = this.takePlan();
-    let fault: MapTask['fault'];
+    const first = planned('map', HELPERS_FIRST_CHUNK);
+    let fault: MapTask['fault'] = first && { ...first, chunk: HELPERS_FIRST_CHUNK };
     for (let c = 0; c < chunks.length && !fault; c++) {
       const f = planned('map', c);
       if (f) fault = { ...f, chunk: c };
     }
-    // An injected fault must hit a helper, so that call runs on the helpers alone.
-    const callerRuns = this.callerRuns && !fault;
+    // A fault planned for a given chunk must hit a helper, so that call runs on the helpers alone.
+    const callerRuns = this.callerRuns && (!fault || fault.chunk === HELPERS_FIRST_CHUNK);
     const helpers = Math.min(this.participants - (callerRuns ? 1 : 0), Math.max(chunks.length - (callerRuns ? 1 : 0), 0));
     const tasks: Promise<number>[] = [];
     for (let h = 0; h < helpers; h++) {

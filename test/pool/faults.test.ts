@@ -5,7 +5,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { IommuError, Prot, type Domain, type Iommu, type InvalidationCommand } from '../../src/index.js';
-import type { FaultPlan } from '../../src/core/parallel.js';
+import { HELPERS_FIRST_CHUNK, type FaultPlan } from '../../src/core/parallel.js';
 import { sgView } from '../../src/core/sg.js';
 import {
   tasksOf,
@@ -118,6 +118,44 @@ for (const how of ['exit', 'throw'] as const) {
     // The neighbours are intact.
     t.is(f.dom.iovaToPhys(iova - K4), 2 ** 44 + 2 * K4);
     t.is(f.dom.iovaToPhys(iova + list.bytes + 4 * K4), 2 ** 44 + M2 + 4 * K4);
+  });
+}
+
+for (const how of ['exit', 'throw'] as const) {
+  test.serial(`map phase with the caller mapping too, a helper that ${how === 'exit' ? 'dies' : 'throws'} mid-chunk: the caller finds its chunk unfinished, EIO, rolled back exactly`, async (t) => {
+    t.timeout(120_000);
+    const iova = 3 * G1 - 24 * M2 + 5 * K4;
+    const list = bigList('runs', runSegs(4 * N + 77, K4, M2, iova, 0xca11));
+    const f = await fixture(t, list, iova);
+    // The caller waits for the helpers' chunks in shared memory, and for their task results only
+    // when a chunk stays unfinished: this is that path. The helper fails in the first chunk it takes
+    // (if it takes none, the caller mapped everything and the call succeeds: that round is retried).
+    let failed = 0;
+    for (let round = 0; round < 24 && failed < 3; round++) {
+      const before = fullDump(f.dom);
+      engine(f.iommu).faultPlan = { phase: 'map', chunk: HELPERS_FIRST_CHUNK, fault: { afterBytes: (round % 3) * 40 * K4, how } };
+      const t0 = Date.now();
+      const r = await f.dom.mapSg(iova, list.table, RW).then(
+        (v) => ({ ok: true as const, v }),
+        (e: unknown) => ({ ok: false as const, e }),
+      );
+      t.is(engine(f.iommu).faultPlan, null, `round ${round}: the plan was used`);
+      if (r.ok) {
+        t.is(r.v, list.bytes);
+        t.is(await f.dom.unmapSg(iova, list.table), list.bytes);
+        continue;
+      }
+      failed++;
+      t.true(r.e instanceof IommuError && r.e.code === 'EIO', `round ${round}: EIO, got ${String(r.e)}`);
+      t.true(Date.now() - t0 < 30_000, `round ${round}: failed promptly`);
+      sameDump(t, fullDump(f.dom), before, `round ${round}: every descriptor as before`);
+      t.is(allocatorLock(f.dom), 0);
+      // piscina replaces a dead worker; until the new one has loaded, the caller maps alone.
+      await new Promise((resolve) => setTimeout(resolve, 400));
+    }
+    t.true(failed >= 3, `a helper took a chunk and failed in ${failed} rounds`);
+    t.is(await f.dom.mapSg(iova, list.table, RW), list.bytes, 'the pool still serves');
+    sameDump(t, leafDump(f.dom).filter((l) => parseInt(l, 16) >= iova && parseInt(l, 16) < iova + list.bytes), f.expected, 'leaves as inline');
   });
 }
 
