@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
 import { defaultSocketPath } from '../server/socket-path.js';
 import { runStress, type StressConfig, type StressResult } from '../stress/run.js';
-import { DaemonTarget, InProcessTarget, PLANTED_BUGS, type PlantedBug, type StressTarget } from '../stress/target.js';
+import { CALLER_RUNS, DaemonTarget, InProcessTarget, PLANTED_BUGS, type PlantedBug, type StressTarget } from '../stress/target.js';
 import { readTrace, TRACE_FORMAT, writeTrace } from '../stress/trace.js';
 import { MAX_CLIENTS, OP_NAMES } from '../stress/workload.js';
 import { parseBytes, parseCount, UsageError } from './options.js';
@@ -47,6 +47,10 @@ Options:
                                       stale only until the client's iotlb_sync
   --slots N            shared slots (default 6; 0 = private windows only)
   --no-big             no 64Ki-entry calls (those go to the worker pool)
+  --caller-runs        in-process: run the engine as the library does by default (callerRuns): the
+                       calling thread maps a share of each big map and waits for the helpers'
+                       chunks in shared memory; unmaps run inline (default: the daemon's setting,
+                       where the pool alone runs every big call)
   --table-memory BYTES page-table memory of the in-process engine, 256M–4G (default 1GiB)
   --record FILE        write the operation trace (MessagePack) for iommud replay
   --json               end stdout with one JSON object: { ops, violations, seed, ... }
@@ -79,6 +83,7 @@ const STRESS_OPTIONS = {
   faults: { type: 'string' },
   slots: { type: 'string' },
   'no-big': { type: 'boolean' },
+  'caller-runs': { type: 'boolean' },
   'table-memory': { type: 'string' },
   record: { type: 'string' },
   json: { type: 'boolean' },
@@ -121,8 +126,8 @@ function tableMemory(text: string | undefined): number {
   return n;
 }
 
-async function openTarget(connect: string | undefined, workers: number, tableMemoryBytes: number, seed: number): Promise<StressTarget> {
-  if (connect === undefined) return InProcessTarget.create(workers, tableMemoryBytes);
+async function openTarget(connect: string | undefined, workers: number, tableMemoryBytes: number, seed: number, callerRuns: boolean): Promise<StressTarget> {
+  if (connect === undefined) return InProcessTarget.create(workers, tableMemoryBytes, callerRuns);
   // A tenant of its own, so the run shares nothing with anybody else's objects.
   return DaemonTarget.connect(connect || defaultSocketPath(), `stress-${seed}-${process.pid}-${Date.now()}`);
 }
@@ -144,6 +149,8 @@ export async function stress(args: string[]): Promise<number> {
     throw new UsageError(`stress: --plant-bug: unknown bug '${plantBug}' (known: ${PLANTED_BUGS.join(', ')})`);
   }
   if (plantBug !== null && connect !== undefined) throw new UsageError('stress: --plant-bug plants into the in-process engine; leave out --connect');
+  const callerRuns = v['caller-runs'] === true;
+  if (callerRuns && connect !== undefined) throw new UsageError('stress: --caller-runs sets up the in-process engine; the daemon always runs big calls on its pool; leave out --connect');
   const config: StressConfig = {
     seed: v.seed === undefined ? randomInt(2 ** 31) : parseCount('--seed', v.seed, 0, 2 ** 32 - 1),
     clients: v.clients === undefined ? 4 : parseCount('--clients', v.clients, 1, MAX_CLIENTS),
@@ -162,7 +169,7 @@ export async function stress(args: string[]): Promise<number> {
   const workers = v.workers === undefined ? availableParallelism() : parseCount('--workers', v.workers, 0, 256);
   const tableMemoryBytes = tableMemory(v['table-memory']);
 
-  const target = await openTarget(connect, workers, tableMemoryBytes, config.seed);
+  const target = await openTarget(connect, workers, tableMemoryBytes, config.seed, callerRuns);
   let result: StressResult;
   const bar = progressBar(config);
   try {
@@ -172,7 +179,7 @@ export async function stress(args: string[]): Promise<number> {
     await target.close();
   }
   if (v.record !== undefined) writeTrace(v.record, { format: TRACE_FORMAT, version: 1, config, target: result.target, clients: result.trace! });
-  printReport(result, { workers: target.workers, connect, record: v.record });
+  printReport(result, { workers: target.workers, connect, record: v.record, callerRuns });
   if (v.json) process.stdout.write(JSON.stringify(jsonOf(result)) + '\n');
   return result.violations > 0 ? 1 : 0;
 }
@@ -196,7 +203,7 @@ export async function replay(args: string[]): Promise<number> {
   }
   const recordedWorkers = /(\d+) workers?/.exec(trace.target)?.[1];
   const workers = v.workers !== undefined ? parseCount('--workers', v.workers, 0, 256) : recordedWorkers !== undefined ? Number(recordedWorkers) : availableParallelism();
-  const target = await openTarget(v.connect, workers, tableMemory(v['table-memory']), config.seed);
+  const target = await openTarget(v.connect, workers, tableMemory(v['table-memory']), config.seed, v.connect === undefined && trace.target.includes(CALLER_RUNS));
   let result: StressResult;
   const total = trace.clients.reduce((n, c) => n + c.ops.length, 0);
   const bar = progressBar({ ...config, ops: total });
@@ -245,7 +252,7 @@ function progressBar(config: StressConfig): { update: (ops: number, violations: 
   };
 }
 
-function printReport(r: StressResult, how: { workers: number | null; connect: string | undefined; record: string | undefined; replayOf?: string }): void {
+function printReport(r: StressResult, how: { workers: number | null; connect: string | undefined; record: string | undefined; replayOf?: string; callerRuns?: boolean }): void {
   const c = r.config;
   const w = (line = ''): void => void process.stdout.write(line + '\n');
   const n = (x: number): string => x.toLocaleString('en-US');
@@ -280,6 +287,7 @@ function printReport(r: StressResult, how: { workers: number | null; connect: st
     const args = [`--seed ${c.seed}`, `--clients ${c.clients}`, c.ops !== null ? `--ops ${c.ops}` : `--duration ${c.durationSeconds}`];
     if (how.workers !== null) args.push(`--workers ${how.workers}`);
     if (how.connect !== undefined) args.push(`--connect ${how.connect}`);
+    if (how.callerRuns) args.push('--caller-runs');
     if (faults) args.push(`--faults ${faults}`);
     if (c.slots !== 6) args.push(`--slots ${c.slots}`);
     if (!c.big) args.push('--no-big');

@@ -8,7 +8,7 @@
 import { IommudClient, type RemoteDomain } from '../client/client.js';
 import type { Domain, DomainOptions } from '../core/domain.js';
 import { Iommu } from '../core/iommu.js';
-import type { FaultPlan } from '../core/parallel.js';
+import { HELPERS_FIRST_CHUNK, type FaultPlan } from '../core/parallel.js';
 import type { SgTable } from '../core/sg.js';
 import { IommuError } from '../errors/errors.js';
 
@@ -47,18 +47,29 @@ export interface StressTarget {
   close(): Promise<void>;
 }
 
+/** How an in-process target with callerRuns describes itself (a trace keeps it, replay reads it). */
+export const CALLER_RUNS = 'the caller maps a share';
+
 export class InProcessTarget implements StressTarget {
   readonly inProcess = true;
   private domain: Domain | null = null;
 
-  private constructor(readonly iommu: Iommu) {}
+  private constructor(
+    readonly iommu: Iommu,
+    readonly callerRuns: boolean,
+  ) {}
 
   /**
-   * callerRuns is off, as in the daemon: a big call then runs on the pool alone (unmaps too), and the
-   * other clients' calls keep running on this thread meanwhile — more interleaving to check.
+   * By default callerRuns is off, as in the daemon: a big call then runs on the pool alone (unmaps
+   * too), and the other clients' calls keep running on this thread meanwhile — more interleaving to
+   * check. With `callerRuns` (the library's default) this thread maps a share of each big map and
+   * waits for the helpers' chunks in shared memory, and unmaps run inline; big maps go to the pool by
+   * their size alone (as the tests drive it), so the 64Ki-entry calls still do.
    */
-  static async create(workers: number, tableMemoryBytes: number): Promise<InProcessTarget> {
-    return new InProcessTarget(await Iommu.create({ workers, tableMemoryBytes, callerRuns: false }));
+  static async create(workers: number, tableMemoryBytes: number, callerRuns = false): Promise<InProcessTarget> {
+    const iommu = await Iommu.create({ workers, tableMemoryBytes, callerRuns });
+    if (callerRuns && iommu.parallel) iommu.parallel.bySizeOnly = true;
+    return new InProcessTarget(iommu, callerRuns);
   }
 
   get workers(): number {
@@ -66,7 +77,7 @@ export class InProcessTarget implements StressTarget {
   }
 
   get description(): string {
-    return `in-process Iommu, ${this.iommu.workers} worker${this.iommu.workers === 1 ? '' : 's'}`;
+    return `in-process Iommu, ${this.iommu.workers} worker${this.iommu.workers === 1 ? '' : 's'}${this.callerRuns ? `, ${CALLER_RUNS}` : ''}`;
   }
 
   async allocDomain(options: DomainOptions): Promise<void> {
@@ -100,7 +111,9 @@ export class InProcessTarget implements StressTarget {
   injectWorkerFault(plan: FaultPlan): boolean {
     // One plan at a time: the next parallel call, whichever it is, takes it.
     if (!this.iommu.parallel || this.iommu.parallel.faultPlan !== null) return false;
-    this.iommu.parallel.faultPlan = plan;
+    // With the caller mapping too, a map's helper fails in the first chunk it takes, while the caller
+    // goes on: the caller then finds that chunk unfinished.
+    this.iommu.parallel.faultPlan = this.callerRuns && plan.phase === 'map' ? { ...plan, chunk: HELPERS_FIRST_CHUNK } : plan;
     return true;
   }
 

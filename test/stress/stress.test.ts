@@ -92,6 +92,20 @@ test('worker kills and deferred invalidations: killed maps fail EIO rolled back,
   t.true(replay.json.compared! > 1000, `${replay.json.compared} compared`);
 });
 
+test('--caller-runs (the library\'s default engine setting) with worker kills: helpers killed while the caller maps fail their maps EIO, rolled back; the trace replays in that mode', async (t) => {
+  const trace = join(tempDir(), 'caller.trace');
+  const r = await stress(['stress', '--ops', '3000', '--seed', '13', '--workers', '2', '--caller-runs', '--faults', 'worker-kill,defer', '--record', trace]);
+  t.is(r.code, 0, r.stdout);
+  t.is(r.json.violations, 0, JSON.stringify(r.json.details));
+  t.regex(r.stdout, /2 workers, the caller maps a share/);
+  t.true(r.json.faults.eio > 0, 'some maps lost a helper mid-chunk and failed whole');
+  const replay = await stress(['replay', trace]);
+  t.is(replay.code, 0, replay.stdout);
+  t.regex(replay.stdout, /the caller maps a share/, 'the replay runs the engine the same way');
+  t.is(replay.json.violations, 0);
+  t.is(replay.json.mismatches, 0);
+});
+
 test('against a daemon over its socket, dropping connections: passes; a recorded trace replays to the same answers', async (t) => {
   const daemon = await startDaemon(['--workers', '2']);
   t.teardown(() => daemon.stop());
@@ -139,6 +153,7 @@ test('bad command lines exit 2 with a message, before anything runs', async (t) 
     [['stress', '--faults', 'bogus'], /unknown fault 'bogus'/],
     [['stress', '--connect', '/nonexistent.sock', '--plant-bug', 'lost-rollback'], /in-process engine/],
     [['stress', '--connect', '/nonexistent.sock', '--faults', 'worker-kill'], /in-process engine/],
+    [['stress', '--connect', '/nonexistent.sock', '--caller-runs'], /in-process engine/],
     [['stress', '--clients', '0'], /--clients must be from 1/],
     [['stress', '--duration', 'soon'], /--duration takes seconds/],
     [['stress', '--plant-bug', 'typo'], /unknown bug 'typo'/],
