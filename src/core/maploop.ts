@@ -207,7 +207,7 @@ export class MapLoop {
    * Estimated inline time of a map_sg of `runs` runs covering `bytes`, without a pass over them: runs
    * whose mean length reaches the next page size are taken to map with those (blocks), the rest with
    * the smallest pages. Blocks the list cannot use for want of alignment make it an underestimate,
-   * which keeps the call inline: never slower than today.
+   * which errs towards inline, where a call is never slower than on one thread.
    */
   estimateSgNs(bytes: number, runs: number): number {
     if (runs === 0) return 0;

@@ -35,9 +35,9 @@ import { inSharedMemory, type SgView } from './sg.js';
 
 /**
  * When a call is worth the pool, and how finely to cut it. A helper wakes 0.1-0.3 ms after it is
- * asked (docs/performance.md), and a 4K leaf costs ~4 ns inline (a scattered one ~36 ns), so calls
- * below ~64K leaves stay inline; chunks are claimed dynamically, so a few per thread balance a late
- * or slow helper without a round trip each.
+ * asked (docs/performance.md), and a 4K leaf costs ~2 ns inline (a scattered one ~5 ns), so calls
+ * below 64Ki entries and pages stay inline whatever their cost; chunks are claimed dynamically, so
+ * several per thread balance a late or slow helper without a round trip each.
  */
 export const PARALLEL_MIN_PAGES = 65536;
 /**
