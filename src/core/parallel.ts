@@ -100,8 +100,6 @@ export class ParallelEngine {
   private readonly participants: number;
   /** MapCall buffers that no helper uses any more. */
   private readonly spareCalls: SharedArrayBuffer[] = [];
-  /** Helper tasks dispatched whose results piscina has not handled yet. */
-  private helpersInFlight = 0;
 
   /**
    * @param callerRuns the calling thread maps chunks too, so that a call wakes one helper fewer (on
@@ -252,10 +250,8 @@ export class ParallelEngine {
    * left. Then collects every chunk's log from its journal, and the call's error.
    */
   async runMap(d: DomainTables, iova: number, plan: MapPlan): Promise<MapOutcome> {
-    // The caller may have returned from an earlier call before its helpers' result messages were
-    // handled (waitDone), and piscina counts a worker busy until then: this call's helper would queue
-    // behind it and start too late to help. One turn of the event loop handles those messages.
-    if (this.helpersInFlight > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+    // An earlier call may have returned before its helpers' results were handled (waitDone).
+    await this.pool.catchUp();
     const { chunks } = plan;
     const geo = d.pgtable.geo;
     const call = MapCall.create(
@@ -287,10 +283,8 @@ export class ParallelEngine {
       );
     }
     const settled = Promise.allSettled(tasks);
-    this.helpersInFlight += tasks.length;
     // The buffer is reused once no helper can touch it: a helper that starts late still looks at it.
     void settled.then(() => {
-      this.helpersInFlight -= tasks.length;
       if (this.spareCalls.length < MAX_SPARE_CALLS) this.spareCalls.push(call.sab);
     });
     if (callerRuns) {

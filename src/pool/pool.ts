@@ -68,6 +68,17 @@ export class ChunkPool {
   }
 
   /**
+   * piscina counts a worker busy until its task's result message has been handled on this thread, so
+   * a task dispatched before then queues behind it. A caller that returns before its helpers' tasks
+   * settle (it waited for their chunks in shared memory) and calls again at once, in microtasks,
+   * would have its next helper queue and start too late to help. While tasks are unsettled this
+   * resolves after one turn of the event loop, in which their messages are handled.
+   */
+  async catchUp(): Promise<void> {
+    if (this.inflight.size > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+
+  /**
    * Ends the pool once the tasks in flight have settled. A call may return before its helpers' tasks
    * do (the caller waits for their chunks in shared memory); such a task has nothing left to do, and
    * piscina must not be torn down under it.
