@@ -121,7 +121,7 @@ export class MapLoop {
     const minLevel = pt.geo.levelOfPgsize(min);
     const minEnc = this.encoding(prot, minLevel);
     // A run crossing out of the chunk is the tail's, mapped clipped: the fast path stops before it.
-    const singlesEnd = tail ? end - 1 : end;
+    const shortEnd = tail ? end - 1 : end;
     let i = first;
     let at = spanStart;
     if (head) {
@@ -133,12 +133,12 @@ export class MapLoop {
     while (i < end) {
       const start = pairs[2 * i]!;
       if (log.written === 0) log.setBase(at);
-      if (i < singlesEnd && pairs[2 * i + 1]! <= maxRun) {
+      if (i < shortEnd && pairs[2 * i + 1]! <= maxRun) {
         // A run of one leaf (a scattered list) has a tighter loop of its own.
         const single = pairs[2 * i + 1] === min && (i + 1 === end || pairs[2 * i + 2] !== start + min);
         const n = single
-          ? pt.mapSinglePages(pairs, i, singlesEnd, end, at, minLevel, minEnc, log)
-          : pt.mapShortRuns(pairs, i, singlesEnd, end, at, minLevel, maxRun, minEnc, log);
+          ? pt.mapSinglePages(pairs, i, shortEnd, end, at, minLevel, minEnc, log)
+          : pt.mapShortRuns(pairs, i, shortEnd, end, at, minLevel, maxRun, minEnc, log);
         if (n > 0) {
           at += single ? n * min : pt.shortRunBytes;
           i += n;

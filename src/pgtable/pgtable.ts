@@ -160,15 +160,10 @@ export class IoPgtable {
    * and reports the error in the right place).
    */
   mapSinglePages(pairs: Float64Array, i: number, limit: number, end: number, iova: number, level: number, enc: LeafEncoding, log: MapLog): number {
+    const first = this.runSlot(iova, level, log);
+    if (first < 0) return 0;
     const size = this.geo.blockSize(level);
-    const mask = size - 1; // leaf sizes are at most 1 GiB: the low 32 bits decide alignment
-    if ((iova & mask) !== 0) return 0; // after a misaligned run: the general path fails it
-    const table = this.walkToTable(iova, level, log);
-    if (table < 0) return 0;
-    const first = this.slotOf(table, iova, level);
-    // Leaves left in this table, in the list, and below 2^ias.
-    let room = Math.min(this.entryMask[level]! + 1 - (first - table / 8), limit - i);
-    room = Math.min(room, Math.floor((this.geo.iasLimit - iova) / size));
+    const room = Math.min(this.runRoom, limit - i);
     const i32 = this.mem.i32;
     const oasLimit = this.geo.oasLimit;
     const perSize = 1 / size;
@@ -200,8 +195,6 @@ export class IoPgtable {
    * decides, and reports any error in the right place).
    */
   mapShortRuns(pairs: Float64Array, i: number, limit: number, end: number, iova: number, level: number, maxRun: number, enc: LeafEncoding, log: MapLog): number {
-    const size = this.geo.blockSize(level);
-    if ((iova & (size - 1)) !== 0) return 0; // after a misaligned run: the general path fails it
     // The first run must be short before anything is walked: the walk installs a last-level table,
     // which a longer run may not want (a block goes in its place).
     const paddr0 = pairs[2 * i]!;
@@ -210,11 +203,10 @@ export class IoPgtable {
     do len0 += pairs[2 * k0++ + 1]!;
     while (k0 < end && len0 <= maxRun && pairs[2 * k0] === paddr0 + len0);
     if (len0 > maxRun || (k0 < end && pairs[2 * k0] === paddr0 + len0)) return 0;
-    const table = this.walkToTable(iova, level, log);
-    if (table < 0) return 0;
-    const first = this.slotOf(table, iova, level);
-    // Leaves left in this table and below 2^ias.
-    const room = Math.min(this.entryMask[level]! + 1 - (first - table / 8), Math.floor((this.geo.iasLimit - iova) / size));
+    const first = this.runSlot(iova, level, log);
+    if (first < 0) return 0;
+    const size = this.geo.blockSize(level);
+    const room = this.runRoom;
     const i32 = this.mem.i32;
     const oasLimit = this.geo.oasLimit;
     const perSize = 1 / size;
@@ -269,6 +261,25 @@ export class IoPgtable {
 
   /** Bytes of IOVA the last mapShortRuns mapped. */
   shortRunBytes = 0;
+
+  /**
+   * For the short-run paths: the slot of iova's leaf of `level` (walking there, installing tables),
+   * with `runRoom` set to the leaves left from it in its table and below 2^ias; or -1 when iova is not
+   * aligned to a leaf (after a misaligned run) or the table cannot be reached — the general path then
+   * reports the error.
+   */
+  private runSlot(iova: number, level: number, log: MapLog): number {
+    const size = this.geo.blockSize(level);
+    if ((iova & (size - 1)) !== 0) return -1; // leaf sizes are at most 1 GiB: the low 32 bits decide
+    const table = this.walkToTable(iova, level, log);
+    if (table < 0) return -1;
+    const slot = this.slotOf(table, iova, level);
+    this.runRoom = Math.min(this.entryMask[level]! + 1 - (slot - table / 8), Math.floor((this.geo.iasLimit - iova) / size));
+    return slot;
+  }
+
+  /** Set by runSlot. */
+  private runRoom = 0;
 
   /**
    * Walks from the root to the table at `level` that holds iova's entry, installing missing tables.
@@ -430,7 +441,6 @@ export class IoPgtable {
     }
     return s;
   }
-
 
   private holeLevel = 0;
 
