@@ -27,7 +27,7 @@ const runArb = fc.record({
   frame: fc.nat(2 ** 14),
   entryPages: fc.integer({ min: 1, max: 3 }),
   halves: fc.oneof({ weight: 12, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
-  misaligned: fc.oneof({ weight: 1500, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
+  misaligned: fc.oneof({ weight: 400, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
 });
 
 type Run = typeof runArb extends fc.Arbitrary<infer R> ? R : never;
@@ -99,7 +99,8 @@ for (const [name, bitmap] of [
       ),
       { numRuns: 100 },
     );
-    // The generator reaches success and each kind of failure.
+    // The generator reaches success and each kind of failure (a misaligned run is in ~40% of the lists).
+    t.log(`outcomes: ${JSON.stringify(outcomes)}`);
     for (const code of ['ok', 'EEXIST', 'EINVAL', 'ERANGE']) t.true((outcomes[code] ?? 0) > 0, `outcomes: ${JSON.stringify(outcomes)}`);
   });
 }
