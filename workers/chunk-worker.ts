@@ -2,7 +2,7 @@
  * A chunk worker of the pool: it holds the Iommu's table memory (received once, as workerData) and
  * runs pieces of big calls on it with the very same walk and map loop the main thread uses inline.
  * Tasks are synchronous: a worker never has two at once and never waits for anything but the table
- * memory's allocator lock.
+ * memory's allocator lock, or, as a standby helper, for its next job.
  */
 import { threadId, workerData } from 'node:worker_threads';
 import { MapCall } from '../src/core/mapcall.js';
@@ -13,6 +13,7 @@ import { LpaeGeometry } from '../src/pgtable/format.js';
 import { TableMemory } from '../src/pgtable/memory.js';
 import { IoPgtable, WalkMode } from '../src/pgtable/pgtable.js';
 import type { PoolData } from '../src/pool/pool.js';
+import { serveStandby } from '../src/pool/standby.js';
 import type { ChunkTask, FaultSpec, ScanResult, TableSpec } from '../src/pool/tasks.js';
 
 const data = workerData as PoolData;
@@ -80,6 +81,9 @@ export default function run(task: ChunkTask): ScanResult | number {
   switch (task.kind) {
     case 'map':
       return map(task);
+    case 'standby':
+      // Map calls, one after another, until idle or retired (src/pool/standby.ts).
+      return serveStandby(task, threadId, (job) => map(job as Extract<ChunkTask, { kind: 'map' }>));
     case 'scan':
       return scan(task);
     case 'clear':

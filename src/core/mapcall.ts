@@ -5,16 +5,19 @@
  * So a call costs one message per helper however many chunks it has; a helper that wakes late or
  * runs on a slower vCPU simply takes fewer chunks; and the caller works instead of waiting.
  *
- *   Int32 slots (header)                                    Float64 words
- *   +-------+--------+--------+--------------------------+-------------------------+-------------------------------+
- *   | next  | chunks | chunks | helper h: threadId + 1   | plan: P.Stride words    | journals (MapLog layout, J.*) |
- *   | chunk |        | done   | (MAX_HELPERS slots)      | per chunk               | one per chunk                 |
- *   +-------+--------+--------+--------------------------+-------------------------+-------------------------------+
+ *   Int32 slots (header)                                             Float64 words
+ *   +-------+--------+--------+---------+--------------------------+--------------------+---------------------------+
+ *   | next  | chunks | chunks | helpers | helper h: threadId + 1   | plan: P.Stride     | journals (MapLog layout,  |
+ *   | chunk |        | done   | out     | (MAX_HELPERS slots)      | words per chunk    | J.*), one per chunk, each |
+ *   |       |        |        |         |                          |                    | on cache lines of its own |
+ *   +-------+--------+--------+---------+--------------------------+--------------------+---------------------------+
  *
  * A chunk's journal says how far it got (MapLog's undo log, mirrored) and, once it is done, how it
  * ended: a chunk left Claimed was running in a thread that died or threw, and is undone from it.
  * The done counter lets the caller wait for the helpers' last chunks in shared memory (waitDone)
  * rather than for their result messages, which arrive 0.03-0.25 ms later (docs/performance.md).
+ * "Helpers out" counts the helpers sent the call that have not yet left it: the buffer is reused for
+ * a later call only at 0, so a helper that starts late never finds another call in it.
  */
 import { J, MapLog } from '../pgtable/maplog.js';
 import type { MapChunk } from '../pool/tasks.js';
@@ -26,10 +29,14 @@ const enum H {
   Next = 0,
   Chunks = 1,
   Done = 2,
-  Helpers = 3,
+  Out = 3,
+  Helpers = 4,
 }
 export const MAX_HELPERS = HEADER_SLOTS - H.Helpers;
 const PLAN_WORDS = HEADER_SLOTS / 2;
+
+/** Journals start on a cache line (8 words) of their own: two threads write their headers at once. */
+const LINE_WORDS = 8;
 
 /** Per chunk: first, end, spanStart, spanEnd, head (iova, paddr, size), tail (same), journal offset. */
 const enum P {
@@ -66,17 +73,17 @@ export class MapCall {
 
   /**
    * Lays out a call: its chunks' plan and, for each, a journal of the given capacities. It takes a
-   * buffer from `spare` if one is big enough (a buffer of a few 100 KiB costs 0.05-0.1 ms to
-   * allocate); the caller gives the buffer back there once no helper can touch it any more.
+   * buffer from `spare` if one is big enough and no helper is still in it (a buffer of a few 100 KiB
+   * costs 0.05-0.1 ms to allocate); the caller puts buffers there once it is done with them.
    */
   static create(chunks: readonly MapChunk[], caps: readonly (readonly [number, number])[], spare: SharedArrayBuffer[] = []): MapCall {
     let words = PLAN_WORDS + chunks.length * P.Stride;
     const offsets = caps.map(([installed, replaced]) => {
-      const at = words;
-      words += J.Header + 2 * installed + 4 * replaced;
+      const at = Math.ceil(words / LINE_WORDS) * LINE_WORDS;
+      words = at + J.Header + 2 * installed + 4 * replaced;
       return at;
     });
-    const fit = spare.findIndex((b) => b.byteLength >= words * 8);
+    const fit = spare.findIndex((b) => b.byteLength >= words * 8 && Atomics.load(new Int32Array(b, 0, HEADER_SLOTS), H.Out) === 0);
     const call = new MapCall(fit >= 0 ? spare.splice(fit, 1)[0]! : new SharedArrayBuffer(2 ** Math.ceil(Math.log2(words * 8))));
     call.f64.fill(0, 0, words);
     call.i32[H.Chunks] = chunks.length;
@@ -128,6 +135,11 @@ export class MapCall {
     return this.f64[PLAN_WORDS + chunk * P.Stride + P.SpanEnd]!;
   }
 
+  /** Records that `helpers` helpers are sent the call (each leaves it at the end of runClaimed). */
+  sendingHelpers(helpers: number): void {
+    Atomics.store(this.i32, H.Out, helpers);
+  }
+
   /** The threadId helper `helper` runs on, once it has started (-1 before). */
   helperThread(helper: number): number {
     return Atomics.load(this.i32, H.Helpers + helper) - 1;
@@ -174,6 +186,8 @@ export class MapCall {
       if (Atomics.add(this.i32, H.Done, 1) === chunks - 1) Atomics.notify(this.i32, H.Done);
       mapped++;
     }
+    // A helper's last touch of the buffer: from here on it may be reused.
+    if (helper >= 0) Atomics.sub(this.i32, H.Out, 1);
     return mapped;
   }
 

@@ -8,7 +8,8 @@
  *   list is one run across every chunk). Each chunk writes the leaves whose first byte lies in its
  *   span; a crossing run is given whole, so page sizes are chosen exactly as one thread would. The
  *   pool's helpers and the caller claim chunks from a shared counter (MapCall), so a call is one
- *   message per helper. Each chunk keeps its undo log in a journal in shared memory, so even a
+ *   message per helper (with callerRuns, a job for a standby helper that stays awake between calls:
+ *   src/pool/standby.ts). Each chunk keeps its undo log in a journal in shared memory, so even a
  *   worker that dies is undone.
  *   The call's error is the one a single thread would have met first: the lowest IOVA among the
  *   chunks' errors. On any error every chunk is rolled back.
@@ -28,6 +29,7 @@ import type { MapLog } from '../pgtable/maplog.js';
 import type { TableMemory } from '../pgtable/memory.js';
 import { WalkMode, type IoPgtable } from '../pgtable/pgtable.js';
 import { WorkerFailure, type ChunkPool } from '../pool/pool.js';
+import type { StandbyHelper } from '../pool/standby.js';
 import type { FaultSpec, MapChunk, MapPlan, MapTask, ScanResult, TableSpec } from '../pool/tasks.js';
 import { ChunkState, MapCall } from './mapcall.js';
 import { MapError, type MapLoop } from './maploop.js';
@@ -42,9 +44,9 @@ import { inSharedMemory, type SgView } from './sg.js';
 export const PARALLEL_MIN_PAGES = 65536;
 /**
  * With callerRuns, a map goes to the pool only when its estimated inline time (MapLoop.estimateNs)
- * reaches this. Measured on this 2-vCPU machine (docs/performance.md): a call pays ~0.2 ms before the
- * caller maps (plan, call buffer, piscina's dispatch) and its helper starts 0.1-0.2 ms after it is
- * asked, so scattered lists of 64Ki pages (0.4 ms inline) ran at 0.99x and of 128Ki (0.9 ms) at 1.5x;
+ * reaches this. Measured on this 2-vCPU machine (docs/performance.md), before standby helpers: a call
+ * paid ~0.2 ms before the caller maps (plan, call buffer, piscina's dispatch) and its helper started
+ * 0.1-0.2 ms after it was asked, so scattered lists of 64Ki pages (0.4 ms inline) ran at 0.99x and of 128Ki (0.9 ms) at 1.5x;
  * contiguous lists at 0.94x for 256Ki pages (0.43 ms) and 1.10x for 512Ki (0.88 ms).
  */
 const MIN_POOL_WORK_NS = 600_000;
@@ -250,15 +252,7 @@ export class ParallelEngine {
    * left. Then collects every chunk's log from its journal, and the call's error.
    */
   async runMap(d: DomainTables, iova: number, plan: MapPlan): Promise<MapOutcome> {
-    // An earlier call may have returned before its helpers' results were handled (waitDone).
-    await this.pool.catchUp();
     const { chunks } = plan;
-    const geo = d.pgtable.geo;
-    const call = MapCall.create(
-      chunks,
-      chunks.map((c) => journalCaps(geo, d.loop.minPgsize, d.spec.pgsizeBitmap, c.spanEnd - c.spanStart)),
-      this.spareCalls,
-    );
     const planned = this.takePlan();
     const first = planned('map', HELPERS_FIRST_CHUNK);
     let fault: MapTask['fault'] = first && { ...first, chunk: HELPERS_FIRST_CHUNK };
@@ -268,31 +262,59 @@ export class ParallelEngine {
     }
     // A fault planned for a given chunk must hit a helper, so that call runs on the helpers alone.
     const callerRuns = this.callerRuns && (!fault || fault.chunk === HELPERS_FIRST_CHUNK);
-    const helpers = Math.min(this.participants - (callerRuns ? 1 : 0), Math.max(chunks.length - (callerRuns ? 1 : 0), 0));
-    const tasks: Promise<number>[] = [];
-    for (let h = 0; h < helpers; h++) {
-      const task: MapTask = { kind: 'map', table: d.spec, sg: plan.sg, breaks: plan.breaks, call: call.sab, helper: h, prot: plan.prot, fault };
-      tasks.push(
-        this.pool.run<number>(task).catch((e: unknown) => {
-          // A helper that died may hold the allocator lock: free it at once, not after the others
-          // settle, since they may be waiting for it. (A helper that only threw released it.)
-          const tid = call.helperThread(h);
-          if (e instanceof WorkerFailure && e.died && tid >= 0) this.memory.releaseLockOfDeadThread(tid);
-          throw e;
-        }),
-      );
+    // Calls submitted together are all admitted before this one maps (a tiny call disjoint from it
+    // is not held behind it); overlapping ones are already ordered by the domain's range lock.
+    await null;
+    if (!callerRuns) {
+      // Its tasks need the workers that standby helpers hold; and an earlier call may have returned
+      // before its helpers' results were handled (waitDone), which piscina counts as busy.
+      await this.pool.retireStandbys();
+      await this.pool.catchUp();
     }
-    const settled = Promise.allSettled(tasks);
-    // The buffer is reused once no helper can touch it: a helper that starts late still looks at it.
-    void settled.then(() => {
-      if (this.spareCalls.length < MAX_SPARE_CALLS) this.spareCalls.push(call.sab);
-    });
+    const geo = d.pgtable.geo;
+    const call = MapCall.create(
+      chunks,
+      chunks.map((c) => journalCaps(geo, d.loop.minPgsize, d.spec.pgsizeBitmap, c.spanEnd - c.spanStart)),
+      this.spareCalls,
+    );
+    const job = (helper: number): MapTask => ({ kind: 'map', table: d.spec, sg: plan.sg, breaks: plan.breaks, call: call.sab, helper, prot: plan.prot, fault });
     if (callerRuns) {
+      // Standby helpers (kept awake between calls) take chunks while this thread maps too.
+      const helpers: StandbyHelper[] = [];
+      const wanted = Math.min(this.participants - 1, chunks.length - 1);
+      // A helper that must be started is a piscina task, which queues behind tasks whose results
+      // this thread has not handled yet (one that left, say): let those in first.
+      if (Array.from({ length: wanted }, (_, h) => this.pool.standby(h).asleep).some(Boolean)) await this.pool.catchUp();
+      for (let h = 0; h < wanted; h++) {
+        const helper = this.pool.standby(h);
+        if (helper.claim()) helpers.push(helper);
+      }
+      call.sendingHelpers(helpers.length);
+      helpers.forEach((helper, h) => helper.send(job(h)));
       call.runClaimed(d.loop, new Float64Array(plan.sg), new Int32Array(plan.breaks), plan.prot, -1, threadId, null);
       // What is left is the helpers' chunks in progress: wait for them in shared memory, briefly. A
-      // helper that died mid-chunk never finishes it, and is then found through its task.
-      if (!call.waitDone(CALLER_WAIT_MS)) await settled;
-    } else await settled;
+      // helper that died mid-chunk never finishes it: its task ending says so.
+      if (!call.waitDone(CALLER_WAIT_MS)) await Promise.all(helpers.map((helper) => helper.released()));
+    } else {
+      const helpers = Math.min(this.participants, chunks.length);
+      call.sendingHelpers(helpers);
+      const tasks: Promise<number>[] = [];
+      for (let h = 0; h < helpers; h++) {
+        tasks.push(
+          this.pool.run<number>(job(h)).catch((e: unknown) => {
+            // A helper that died may hold the allocator lock: free it at once, not after the others
+            // settle, since they may be waiting for it. (A helper that only threw released it.)
+            const tid = call.helperThread(h);
+            if (e instanceof WorkerFailure && e.died && tid >= 0) this.memory.releaseLockOfDeadThread(tid);
+            throw e;
+          }),
+        );
+      }
+      await Promise.allSettled(tasks);
+    }
+    // Reused once no helper is in it (MapCall.create checks).
+    this.spareCalls.push(call.sab);
+    if (this.spareCalls.length > MAX_SPARE_CALLS) this.spareCalls.shift();
 
     const logs: MapLog[] = [];
     let error: IommuError | null = null;

@@ -2,12 +2,15 @@
  * The worker pool: piscina threads that run chunks of big calls on the shared table memory. Each
  * worker gets the table memory once, at start (workerData); tasks carry only small numbers and
  * SharedArrayBuffers. Fixed size (min = max threads, never idle-reaped): on a 2-core machine a thread
- * that exits and restarts costs more than the chunks it would save.
+ * that exits and restarts costs more than the chunks it would save. A worker may also run a standby
+ * helper (standby.ts): one long task that takes jobs of call after call without a task each.
  */
+import type { MessagePort } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { IommuError } from '../errors/errors.js';
 import type { TableAccounts } from '../pgtable/account.js';
 import type { TableMemory } from '../pgtable/memory.js';
+import { StandbyHelper } from './standby.js';
 import type { ChunkTask } from './tasks.js';
 
 /** A chunk that failed in its worker (EIO); `died` if the worker thread itself is gone. */
@@ -26,6 +29,11 @@ export interface PoolData {
 }
 
 const WORKER_URL = new URL('../../workers/chunk-worker.js', import.meta.url);
+/**
+ * How long a standby helper waits for its next job before it leaves. Calls of a busy caller come
+ * far closer together; an idle Iommu then holds no task, so the process can exit without close().
+ */
+const STANDBY_IDLE_MS = 100;
 
 export class ChunkPool {
   readonly threads: number;
@@ -33,8 +41,14 @@ export class ChunkPool {
   private destroyed = false;
   /** Tasks dispatched and not yet settled. */
   private readonly inflight = new Set<Promise<unknown>>();
+  /** Helpers kept awake between calls, started on first use (standby.ts). */
+  private readonly standbys: StandbyHelper[] = [];
 
-  constructor(threads: number, memory: TableMemory, accounts: TableAccounts) {
+  constructor(
+    threads: number,
+    private readonly memory: TableMemory,
+    accounts: TableAccounts,
+  ) {
     this.threads = threads;
     this.piscina = new Piscina({
       filename: WORKER_URL.href,
@@ -51,9 +65,9 @@ export class ChunkPool {
    * Runs one task. A task whose worker dies (exit, crash, termination) rejects with EIO; the pool
    * replaces the worker by itself.
    */
-  async run<R>(task: ChunkTask): Promise<R> {
+  async run<R>(task: ChunkTask, transfer?: MessagePort): Promise<R> {
     if (this.destroyed) throw new IommuError('ENODEV', 'the worker pool has been shut down');
-    const result = this.piscina.run(task);
+    const result = this.piscina.run(task, transfer ? { transferList: [transfer] } : undefined);
     this.inflight.add(result);
     try {
       return (await result) as R;
@@ -65,6 +79,28 @@ export class ChunkPool {
     } finally {
       this.inflight.delete(result);
     }
+  }
+
+  /**
+   * Standby helper `i` (i < threads). Its worker, if it dies, may hold the table memory's allocator
+   * lock: that is released at once, since other threads may be waiting for it.
+   */
+  standby(i: number): StandbyHelper {
+    while (this.standbys.length <= i) {
+      this.standbys.push(
+        new StandbyHelper(
+          (task, port) => this.run(task, port),
+          (tid) => this.memory.releaseLockOfDeadThread(tid),
+          STANDBY_IDLE_MS,
+        ),
+      );
+    }
+    return this.standbys[i]!;
+  }
+
+  /** Lets every standby helper go, so that tasks queued on the pool find its workers free. */
+  async retireStandbys(): Promise<void> {
+    await Promise.all(this.standbys.map((h) => h.retire()));
   }
 
   /**
@@ -85,6 +121,7 @@ export class ChunkPool {
    */
   async destroy(): Promise<void> {
     if (this.destroyed) return;
+    await this.retireStandbys();
     this.destroyed = true;
     await Promise.allSettled([...this.inflight]);
     await this.piscina.destroy();

@@ -4,6 +4,7 @@
  */
 import type { GatherSnapshot } from '../iotlb/gather.js';
 import type { FormatName } from '../pgtable/format.js';
+import type { StandbyTask } from './standby.js';
 
 /** Enough to rebuild a domain's table walker in a worker. */
 export interface TableSpec {
@@ -92,4 +93,4 @@ export interface ClearTask {
   fault?: FaultSpec;
 }
 
-export type ChunkTask = MapTask | ScanTask | ClearTask;
+export type ChunkTask = MapTask | ScanTask | ClearTask | StandbyTask;

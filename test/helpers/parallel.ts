@@ -7,6 +7,7 @@
 import type { ExecutionContext } from 'ava';
 import { Iommu, SgTable, type Domain, type InvalidationCommand } from '../../src/index.js';
 import { PARALLEL_MIN_PAGES } from '../../src/core/parallel.js';
+import type { StandbyHelper } from '../../src/pool/standby.js';
 import type { ChunkTask } from '../../src/pool/tasks.js';
 import { leafDescriptor, leavesFor } from './reference.js';
 import { rng } from './rng.js';
@@ -31,20 +32,40 @@ export async function makeIommu(t: ExecutionContext, workers: number, tableMemor
   return iommu;
 }
 
-/** Counts the tasks of each kind the pool is given while `call` runs. */
+/**
+ * Counts the tasks of each kind the pool is given while `call` runs: piscina tasks, and the jobs
+ * handed to standby helpers (a map job counts as a 'map' task; starting a helper as a 'standby' one).
+ */
 export async function tasksOf(iommu: Iommu, call: () => Promise<unknown>): Promise<Record<string, number>> {
   if (!iommu.parallel) throw new Error('no parallel engine');
-  const pool = (iommu.parallel as unknown as { pool: { run: (t: ChunkTask) => Promise<unknown> } }).pool;
-  const run = pool.run;
+  type Pool = { run: (t: ChunkTask, ...rest: unknown[]) => Promise<unknown>; standby: (i: number) => StandbyHelper };
+  const pool = (iommu.parallel as unknown as { pool: Pool }).pool;
+  const { run, standby } = pool;
   const counts: Record<string, number> = {};
-  pool.run = (task: ChunkTask) => {
-    counts[task.kind] = (counts[task.kind] ?? 0) + 1;
-    return run.call(pool, task);
+  const count = (kind: string): void => void (counts[kind] = (counts[kind] ?? 0) + 1);
+  const sends = new Map<StandbyHelper, StandbyHelper['send']>();
+  pool.run = (task: ChunkTask, ...rest: unknown[]) => {
+    count(task.kind);
+    return run.call(pool, task, ...rest);
+  };
+  pool.standby = (i: number) => {
+    const helper = standby.call(pool, i);
+    if (!sends.has(helper)) {
+      const send = helper.send;
+      sends.set(helper, send);
+      helper.send = (job) => {
+        count((job as ChunkTask).kind);
+        send.call(helper, job);
+      };
+    }
+    return helper;
   };
   try {
     await call();
   } finally {
     pool.run = run;
+    pool.standby = standby;
+    for (const [helper, send] of sends) helper.send = send;
   }
   return counts;
 }
