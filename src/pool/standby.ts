@@ -92,10 +92,6 @@ export class StandbyHelper {
     public idleMs: number,
   ) {}
 
-  /**
-   * Reserves the helper for one job: starts it if it is not running, or takes it if it is idle.
-   * False if it is busy with another call's job.
-   */
   /** Jobs the running helper has done since it started (0 when none runs). */
   get served(): number {
     return this.asleep ? 0 : Atomics.load(this.ctl, S.Served);
@@ -106,6 +102,10 @@ export class StandbyHelper {
     return this.task === null || Atomics.load(this.ctl, S.State) === State.Gone;
   }
 
+  /**
+   * Reserves the helper for one job: starts it if it is not running, or takes it if it is idle.
+   * False if it is busy with another call's job.
+   */
   claim(): boolean {
     // A helper that has left may not have settled its task here yet (this thread was busy): a new
     // one is started at once rather than after that message.
@@ -155,6 +155,8 @@ export class StandbyHelper {
     const control = new SharedArrayBuffer(S.Words * 4);
     const ctl = new Int32Array(control);
     const { port1, port2 } = new MessageChannel();
+    // A helper that left, and whose task has not settled here yet, reads its port no more.
+    this.port?.close();
     this.ctl = ctl;
     port1.unref();
     this.port = port1;
@@ -164,6 +166,7 @@ export class StandbyHelper {
       // The next claim starts a new helper (piscina has replaced a worker that died).
       if (this.task === task) {
         this.task = null;
+        this.port = null;
         port1.close();
       }
     };
