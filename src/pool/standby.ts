@@ -14,9 +14,11 @@
  *                    [Thread] the helper's threadId + 1 once it runs | [Retire] 1: leave now |
  *                    [Served] jobs done
  *
- * Claiming is a compare-and-swap of State from Idle to Busy by the caller; leaving on idle is a
- * compare-and-swap from Idle to Gone by the helper, so a job is never sent to a helper that is going.
- * A job's message is posted before Seq moves, and the helper takes it with receiveMessageOnPort.
+ * A caller claims the helper with a compare-and-swap of State from Idle (or Busy) to Busy, then posts
+ * the job and bumps Seq: jobs queue on the port, so a helper still finishing an earlier call's job
+ * (one that woke late, say) takes the next one after it. The helper leaves on idle only by a
+ * compare-and-swap from Idle to Gone, after a wait that saw no job posted, so a claimed job is never
+ * left to a helper that is going. It takes each job with receiveMessageOnPort.
  */
 import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 
@@ -53,24 +55,26 @@ export interface StandbyTask {
 export function serveStandby(task: StandbyTask, threadId: number, run: (job: unknown) => void): number {
   const ctl = new Int32Array(task.control);
   Atomics.store(ctl, S.Thread, threadId + 1);
-  let seen = 0;
-  let served = 0;
+  let taken = 0;
   for (;;) {
-    if (Atomics.wait(ctl, S.Seq, seen, task.idleMs) === 'timed-out') {
-      if (Atomics.compareExchange(ctl, S.State, State.Idle, State.Gone) === State.Idle) return served;
-      continue; // claimed just now: its job follows
+    if (Atomics.load(ctl, S.Seq) === taken) {
+      if (Atomics.wait(ctl, S.Seq, taken, task.idleMs) === 'timed-out' && Atomics.compareExchange(ctl, S.State, State.Idle, State.Gone) === State.Idle) {
+        return taken;
+      }
+      continue; // a job was posted (or claimed just now: it follows)
     }
-    seen = Atomics.load(ctl, S.Seq);
     if (Atomics.load(ctl, S.Retire) !== 0) {
       Atomics.store(ctl, S.State, State.Gone);
-      return served;
+      return taken;
     }
     const job = receiveMessageOnPort(task.port);
+    taken++;
     if (job) run(job.message);
-    served++;
-    Atomics.store(ctl, S.Served, served);
-    Atomics.store(ctl, S.State, State.Idle);
-    Atomics.notify(ctl, S.State);
+    Atomics.store(ctl, S.Served, taken);
+    if (Atomics.load(ctl, S.Seq) === taken) {
+      Atomics.compareExchange(ctl, S.State, State.Busy, State.Idle);
+      Atomics.notify(ctl, S.State);
+    }
   }
 }
 
@@ -103,14 +107,18 @@ export class StandbyHelper {
   }
 
   /**
-   * Reserves the helper for one job: starts it if it is not running, or takes it if it is idle.
-   * False if it is busy with another call's job.
+   * Reserves the helper for one job, starting it if it is not running. False only if it left between
+   * the check and the claim (the call then goes without it).
    */
   claim(): boolean {
     // A helper that has left may not have settled its task here yet (this thread was busy): a new
     // one is started at once rather than after that message.
     if (this.asleep) this.launch();
-    return Atomics.compareExchange(this.ctl, S.State, State.Idle, State.Busy) === State.Idle;
+    for (;;) {
+      const state = Atomics.load(this.ctl, S.State);
+      if (state === State.Gone) return false;
+      if (Atomics.compareExchange(this.ctl, S.State, state, State.Busy) === state) return true;
+    }
   }
 
   /** Hands a claimed helper its job. */
@@ -121,7 +129,7 @@ export class StandbyHelper {
   }
 
   /**
-   * Resolves once the helper is done with its job: it is idle again, or gone (it left, threw, or its
+   * Resolves once the helper is done with its jobs: it is idle again, or gone (it left, threw, or its
    * worker died). Never rejects.
    */
   async released(): Promise<void> {
