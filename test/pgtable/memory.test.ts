@@ -1,3 +1,4 @@
+import { Worker } from 'node:worker_threads';
 import test from 'ava';
 import { Iommu, IommuError, Prot } from '../../src/index.js';
 import { TableMemory } from '../../src/pgtable/memory.js';
@@ -184,4 +185,51 @@ test('allocDomain reports ENOMEM when no page is left for a root table', async (
   await doms[0]!.free();
   t.truthy(iommu.allocDomain());
   await iommu.close();
+});
+
+/** A worker thread running `body` with `mem`, a TableMemory on `sab`. */
+function allocWorker(sab: SharedArrayBuffer, body: string): Worker {
+  const url = new URL('../../src/pgtable/memory.js', import.meta.url).href;
+  const code = `
+    const { workerData, parentPort } = require('node:worker_threads');
+    import(${JSON.stringify(url)}).then(({ TableMemory }) => {
+      const mem = new TableMemory(workerData.sab);
+      ${body}
+      parentPort.postMessage('done');
+    });`;
+  return new Worker(code, { eval: true, workerData: { sab } });
+}
+
+const finished = (w: Worker): Promise<unknown> =>
+  new Promise((resolve, reject) => {
+    w.once('message', resolve);
+    w.once('error', reject);
+  });
+
+test('threads allocating and freeing at once never share a page, and every page comes back', async (t) => {
+  const mem = TableMemory.create(64 * 1024 * 1024);
+  // Each thread stamps a page it holds with its own mark and checks the mark before it frees it.
+  const body = `
+    const mark = Math.floor(Math.random() * 2 ** 30) + 1;
+    const held = [];
+    for (let i = 0; i < 60000; i++) {
+      const p = mem.alloc(4096);
+      if (p < 0) throw new Error('out of memory');
+      mem.ensureMapped(p + 4096);
+      if (mem.i32[p / 4 + 1] !== 0) throw new Error('page not zeroed: another thread still holds it');
+      mem.i32[p / 4 + 1] = mark;
+      held.push(p);
+      if (held.length > 8) {
+        const q = held.shift();
+        if (mem.i32[q / 4 + 1] !== mark) throw new Error('a page held here was written by another thread');
+        mem.i32[q / 4 + 1] = 0;
+        mem.free(q, 4096);
+      }
+    }
+    for (const q of held) { mem.i32[q / 4 + 1] = 0; mem.free(q, 4096); }`;
+  const workers = [0, 1, 2].map(() => allocWorker(mem.sab, body));
+  await Promise.all(workers.map(finished));
+  await Promise.all(workers.map((w) => w.terminate()));
+  t.is(mem.pagesInUse, 0);
+  t.is(mem.bytesInUse, 0);
 });
