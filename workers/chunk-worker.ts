@@ -17,7 +17,7 @@ import { serveStandby } from '../src/pool/standby.js';
 import type { ChunkTask, FaultSpec, ScanResult, TableSpec } from '../src/pool/tasks.js';
 
 const data = workerData as PoolData;
-const memory = new TableMemory(data.memory);
+const memory = new TableMemory(data.memory, data.freeStacks);
 const accounts = new TableAccounts(data.accounts);
 
 /** Walkers by domain, rebuilt only when a new domain (or a reused root) shows up. */

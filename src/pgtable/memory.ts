@@ -9,9 +9,13 @@
  *   | header (Int32 slots)| table pages: 4K, 16K or 64K each, aligned to size | grown on demand
  *   +---------------------+-------------------------------------------------+- - - - - -+
  *
- * Pages are counted in 4 KiB units ("unit" below). A free page keeps the unit number of the next free
- * page of its size in its first word: the free lists cost no memory of their own. A page is zeroed
- * when it is handed out, so a new table starts with every descriptor invalid.
+ * Pages are counted in 4 KiB units ("unit" below). Free pages wait on a stack per size class, in a
+ * second, fixed SharedArrayBuffer (4 bytes per unit of the ceiling, and a quarter and a sixteenth of
+ * that for the larger classes: 0.13% of it). A stack, unlike a list threaded through the free pages,
+ * keeps the lock's critical section on hot cache lines: popping from a list read the page's first
+ * word, which another core had often written last, and two threads allocating at once then ran at
+ * half speed each (docs/performance.md). A page is zeroed when it is handed out (outside the lock),
+ * so a new table starts with every descriptor invalid.
  *
  * Views are fixed-length typed arrays over the buffer's current length: on Node 20 a length-tracking
  * view of a growable buffer is ~10x slower to index. After any thread grows the buffer, a thread
@@ -33,7 +37,7 @@ const enum Slot {
   Lock = 0,
   /** First unit never handed out. */
   Bump = 1,
-  /** Heads of the free lists, by size class (unit number; 0 = empty, unit 0 is the header). */
+  /** Pages on the free stack of each size class. */
   Free4K = 2,
   Free16K = 3,
   Free64K = 4,
@@ -42,9 +46,18 @@ const enum Slot {
   Units = 6,
   /** Ceiling, in units. */
   LimitUnits = 7,
+  /** Threads parked in Atomics.wait for the lock: unlock notifies only when there are some. */
+  Waiters = 8,
 }
 
 const SPINS_BEFORE_WAIT = 128;
+
+/** Where each size class's free stack starts, in Int32 entries, and the entries all three need. */
+function stackLayout(limitUnits: number): { bases: [number, number, number]; entries: number } {
+  const b16 = limitUnits;
+  const b64 = b16 + (limitUnits >> 2) + 1;
+  return { bases: [0, b16, b64], entries: b64 + (limitUnits >> 4) + 1 };
+}
 
 function sizeClass(bytes: number): number {
   switch (bytes) {
@@ -61,6 +74,11 @@ function sizeClass(bytes: number): number {
 
 export class TableMemory {
   readonly sab: SharedArrayBuffer;
+  /** The free stacks (Int32 unit numbers), shared like `sab`. */
+  readonly stacksSab: SharedArrayBuffer;
+  private readonly stacks: Int32Array;
+  /** Each size class's stack base in `stacks`, indexed by its header slot. */
+  private readonly stackBase: number[] = [];
   /** Descriptors, one per element (byte offset / 8). */
   f64!: Float64Array;
   /** The same memory as 32-bit words: descriptor i is words 2i (bits 31:0) and 2i+1 (bits 63:32). */
@@ -84,13 +102,19 @@ export class TableMemory {
     const header = new Int32Array(sab, 0, HEADER_BYTES / 4);
     header[Slot.Bump] = 1;
     header[Slot.LimitUnits] = limitUnits;
-    return new TableMemory(sab);
+    return new TableMemory(sab, new SharedArrayBuffer(stackLayout(limitUnits).entries * 4));
   }
 
-  /** Attaches to memory created elsewhere (another thread passes the SharedArrayBuffer). */
-  constructor(sab: SharedArrayBuffer) {
+  /** Attaches to memory created elsewhere (another thread passes both SharedArrayBuffers). */
+  constructor(sab: SharedArrayBuffer, stacksSab: SharedArrayBuffer) {
     this.sab = sab;
+    this.stacksSab = stacksSab;
+    this.stacks = new Int32Array(stacksSab);
     this.remap();
+    const { bases } = stackLayout(this.i32[Slot.LimitUnits]!);
+    this.stackBase[Slot.Free4K] = bases[0];
+    this.stackBase[Slot.Free16K] = bases[1];
+    this.stackBase[Slot.Free64K] = bases[2];
   }
 
   private remap(): void {
@@ -128,10 +152,11 @@ export class TableMemory {
     this.lock();
     let unit: number;
     try {
-      unit = this.i32[cls]!;
-      if (unit !== 0) {
-        this.ensureMapped((unit + 1) * UNIT);
-        this.i32[cls] = this.i32[unit * (UNIT / 4)]!;
+      const free = this.i32[cls]!;
+      if (free > 0) {
+        unit = this.stacks[this.stackBase[cls]! + free - 1]!;
+        this.i32[cls] = free - 1;
+        this.ensureMapped((unit + units) * UNIT);
       } else {
         unit = this.bumpAlloc(units);
         if (unit < 0) return -1;
@@ -152,9 +177,7 @@ export class TableMemory {
     const unit = offset / UNIT;
     this.lock();
     try {
-      this.ensureMapped(offset + bytes);
-      this.i32[unit * (UNIT / 4)] = this.i32[cls]!;
-      this.i32[cls] = unit;
+      this.push(cls, unit);
       Atomics.sub(this.i32, Slot.Pages, 1);
       Atomics.sub(this.i32, Slot.Units, bytes / UNIT);
     } finally {
@@ -174,12 +197,16 @@ export class TableMemory {
     }
     this.ensureMapped(end * UNIT);
     // Units skipped to align a large page are not lost: they become free 4K pages.
-    for (let u = bump; u < start; u++) {
-      this.i32[u * (UNIT / 4)] = this.i32[Slot.Free4K]!;
-      this.i32[Slot.Free4K] = u;
-    }
+    for (let u = bump; u < start; u++) this.push(Slot.Free4K, u);
     this.i32[Slot.Bump] = end;
     return start;
+  }
+
+  /** Under the lock: puts `unit` on its class's stack (the entry first, then the count). */
+  private push(cls: number, unit: number): void {
+    const free = this.i32[cls]!;
+    this.stacks[this.stackBase[cls]! + free] = unit;
+    this.i32[cls] = free + 1;
   }
 
   /**
@@ -193,18 +220,30 @@ export class TableMemory {
       const holder = Atomics.compareExchange(i32, Slot.Lock, 0, this.me);
       if (holder === 0) return;
       if (holder === this.me) throw new IommuError('EBUSY', 'table memory lock is not re-entrant');
-      if (spins >= SPINS_BEFORE_WAIT) Atomics.wait(i32, Slot.Lock, holder, 1);
+      if (spins >= SPINS_BEFORE_WAIT) {
+        Atomics.add(i32, Slot.Waiters, 1);
+        Atomics.wait(i32, Slot.Lock, holder, 1);
+        Atomics.sub(i32, Slot.Waiters, 1);
+      }
     }
   }
 
+  /**
+   * Notifies only when a thread is parked: V8's Atomics.notify takes a process-wide mutex even when
+   * nobody waits, which two threads allocating at once then contend for (docs/performance.md). A
+   * waiter counts itself before it parks, and parks only while the lock still holds the holder it
+   * saw, so a release between the two is never missed. (A thread killed while parked leaves the count
+   * up: unlocks then notify every time, which is only slower.)
+   */
   private unlock(): void {
     Atomics.store(this.i32, Slot.Lock, 0);
-    Atomics.notify(this.i32, Slot.Lock, 1);
+    if (Atomics.load(this.i32, Slot.Waiters) > 0) Atomics.notify(this.i32, Slot.Lock, 1);
   }
 
   /**
    * Releases the lock if the thread `deadThreadId` died holding it. The critical sections only ever
-   * leave the free lists consistent between single stores, so the state is safe to reuse.
+   * leave the free stacks consistent between single stores (an entry is written before the count
+   * that covers it), so the state is safe to reuse.
    */
   releaseLockOfDeadThread(deadThreadId: number): boolean {
     const released = Atomics.compareExchange(this.i32, Slot.Lock, deadThreadId + 1, 0) === deadThreadId + 1;

@@ -25,6 +25,8 @@ export class WorkerFailure extends IommuError {
 /** What each worker receives once, at start. */
 export interface PoolData {
   memory: SharedArrayBuffer;
+  /** Its free stacks (TableMemory.stacksSab). */
+  freeStacks: SharedArrayBuffer;
   accounts: SharedArrayBuffer;
 }
 
@@ -55,7 +57,7 @@ export class ChunkPool {
       minThreads: threads,
       maxThreads: threads,
       idleTimeout: Infinity,
-      workerData: { memory: memory.sab, accounts: accounts.sab } satisfies PoolData,
+      workerData: { memory: memory.sab, freeStacks: memory.stacksSab, accounts: accounts.sab } satisfies PoolData,
       // Each worker runs one synchronous chunk at a time; more in flight would only queue there.
       concurrentTasksPerWorker: 1,
     });

@@ -111,7 +111,7 @@ test('exhaustion returns -1 without changing the counts, and freeing makes room 
 test('a second TableMemory on the same SharedArrayBuffer shares the allocator state', (t) => {
   const a = TableMemory.create(8 * 1024 * 1024);
   const p1 = a.alloc(4096);
-  const b = new TableMemory(a.sab);
+  const b = new TableMemory(a.sab, a.stacksSab);
   t.is(b.pagesInUse, 1);
   const p2 = b.alloc(4096);
   t.not(p2, p1);
@@ -126,8 +126,11 @@ test('a second TableMemory on the same SharedArrayBuffer shares the allocator st
   for (let i = 0; i < 20; i++) big.push(a.alloc(65536));
   const far = big[big.length - 1]!;
   b.free(far, 65536);
-  t.is(a.alloc(65536), far, 'b pushed the page on the shared free list');
-  t.true(b.mappedBytes >= far + 8);
+  t.is(a.alloc(65536), far, 'b pushed the page on the shared free stack');
+  // b's views were made before a grew the memory; a page of its own beyond them is zeroed through them.
+  const beyond = b.alloc(65536);
+  t.true(beyond > far);
+  t.true(b.mappedBytes >= beyond + 65536);
   t.is(a.pagesInUse, b.pagesInUse);
   t.is(a.limitBytes, b.limitBytes);
 });
@@ -187,17 +190,17 @@ test('allocDomain reports ENOMEM when no page is left for a root table', async (
   await iommu.close();
 });
 
-/** A worker thread running `body` with `mem`, a TableMemory on `sab`. */
-function allocWorker(sab: SharedArrayBuffer, body: string): Worker {
+/** A worker thread running `body` with `mem`, attached to the same table memory as `mem` here. */
+function allocWorker(mem: TableMemory, body: string): Worker {
   const url = new URL('../../src/pgtable/memory.js', import.meta.url).href;
   const code = `
     const { workerData, parentPort } = require('node:worker_threads');
     import(${JSON.stringify(url)}).then(({ TableMemory }) => {
-      const mem = new TableMemory(workerData.sab);
+      const mem = new TableMemory(workerData.sab, workerData.stacks);
       ${body}
       parentPort.postMessage('done');
     });`;
-  return new Worker(code, { eval: true, workerData: { sab } });
+  return new Worker(code, { eval: true, workerData: { sab: mem.sab, stacks: mem.stacksSab } });
 }
 
 const finished = (w: Worker): Promise<unknown> =>
@@ -227,9 +230,28 @@ test('threads allocating and freeing at once never share a page, and every page 
       }
     }
     for (const q of held) { mem.i32[q / 4 + 1] = 0; mem.free(q, 4096); }`;
-  const workers = [0, 1, 2].map(() => allocWorker(mem.sab, body));
+  const workers = [0, 1, 2].map(() => allocWorker(mem, body));
   await Promise.all(workers.map(finished));
   await Promise.all(workers.map((w) => w.terminate()));
   t.is(mem.pagesInUse, 0);
   t.is(mem.bytesInUse, 0);
+});
+
+test('a thread that finds the allocator lock held parks, counted as a waiter, and goes on once it is released', async (t) => {
+  const mem = TableMemory.create(8 * 1024 * 1024);
+  const header = new Int32Array(mem.sab, 0, 16);
+  const DEAD = 4242; // a holder that never unlocks: as a thread that died holding the lock
+  Atomics.store(header, 0, DEAD + 1);
+  const w = allocWorker(mem, `mem.alloc(4096);`);
+  const done = finished(w);
+  // It spins a little, then parks, counting itself (slot 8 of the header).
+  const deadline = Date.now() + 20_000;
+  while (Atomics.load(header, 8) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1));
+  t.is(Atomics.load(header, 8), 1, 'the worker counted itself as waiting');
+  t.is(mem.pagesInUse, 0, 'and has not allocated');
+  t.true(mem.releaseLockOfDeadThread(DEAD));
+  await done;
+  await w.terminate();
+  t.is(mem.pagesInUse, 1, 'it allocated once the lock was free');
+  t.is(Atomics.load(header, 8), 0, 'and no longer counts as waiting');
 });
