@@ -4,15 +4,46 @@
  * signals completion, so that the probe times the memory work and not message passing.
  *
  * Control (Int32Array over workerData.control): [0] generation (bumped by the main thread to start),
- * [1] completions, [2] first element, [3] end element, [4] op (0 fill, 1 sum, 2 spin, -1 exit).
+ * [1] completions, [2] first element, [3] end element, [4] op (0 fill, 1 sum, 2 spin, 3 allocate
+ * table pages from workerData.tables, -1 exit).
  * The helper writes when it started and finished its part (process.hrtime.bigint() as numbers, one
  * clock for all threads) to workerData.times (Float64Array): [0] start, [1] end.
  * "spin" touches no memory: (end - first) steps of an integer recurrence, to tell whether two threads
  * get two cores' worth of CPU at all.
  */
 import { workerData } from 'node:worker_threads';
+import { TableAccounts, TableOwner } from '../pgtable/account.js';
+import { TableMemory, UNIT } from '../pgtable/memory.js';
 
 export const Ctl = { Generation: 0, Done: 1, First: 2, End: 3, Op: 4 } as const;
+
+/** Op 3: allocate (end - first) 4K table pages, then free them all (the allocator's work per page). */
+export const OP_ALLOC = 3;
+
+/** Table memory both threads allocate from (TableMemory.create on the main thread). */
+export interface AllocTables {
+  memory: SharedArrayBuffer;
+  stacks: SharedArrayBuffer;
+  accounts: SharedArrayBuffer;
+}
+
+/** A thread's handle on the shared table memory, and an owner (tag 1, no budget) to charge. */
+export function allocator(t: AllocTables): { mem: TableMemory; owner: TableOwner; held: number[] } {
+  return { mem: new TableMemory(t.memory, t.stacks), owner: new TableOwner(new TableAccounts(t.accounts), 1, -1), held: [] };
+}
+
+/** Allocates `pages` zeroed, charged 4K table pages as the map path does, then frees them. */
+export function allocRound(a: ReturnType<typeof allocator>, pages: number): number {
+  const { mem, owner, held } = a;
+  held.length = 0;
+  for (let i = 0; i < pages; i++) {
+    const p = owner.allocPage(mem, UNIT);
+    if (p < 0) throw new Error('bench: table memory exhausted');
+    held.push(p, UNIT);
+  }
+  owner.freePages(mem, held);
+  return held.length;
+}
 
 /** Fills or sums data[first, end): the same loop the main thread runs for the 1-thread case. */
 export function touch(data: Float64Array, first: number, end: number, op: number, value: number): number {
@@ -33,7 +64,7 @@ export function touch(data: Float64Array, first: number, end: number, op: number
 /** Where results go, so that the compiler cannot drop the loops. */
 export let sink = 0;
 
-function serve(data: Float64Array, ctl: Int32Array, times: Float64Array): void {
+function serve(data: Float64Array, ctl: Int32Array, times: Float64Array, tables: ReturnType<typeof allocator> | null): void {
   let seen = 0;
   for (;;) {
     Atomics.wait(ctl, Ctl.Generation, seen);
@@ -41,12 +72,14 @@ function serve(data: Float64Array, ctl: Int32Array, times: Float64Array): void {
     const op = ctl[Ctl.Op]!;
     if (op < 0) return;
     times[0] = Number(process.hrtime.bigint());
-    sink += touch(data, ctl[Ctl.First]!, ctl[Ctl.End]!, op, seen);
+    sink += op === OP_ALLOC ? allocRound(tables!, ctl[Ctl.End]! - ctl[Ctl.First]!) : touch(data, ctl[Ctl.First]!, ctl[Ctl.End]!, op, seen);
     times[1] = Number(process.hrtime.bigint());
     Atomics.add(ctl, Ctl.Done, 1);
     Atomics.notify(ctl, Ctl.Done);
   }
 }
 
-const wd = workerData as { data?: SharedArrayBuffer; control?: SharedArrayBuffer; times?: SharedArrayBuffer } | null;
-if (wd?.data && wd.control && wd.times) serve(new Float64Array(wd.data), new Int32Array(wd.control), new Float64Array(wd.times));
+const wd = workerData as { data?: SharedArrayBuffer; control?: SharedArrayBuffer; times?: SharedArrayBuffer; tables?: AllocTables } | null;
+if (wd?.data && wd.control && wd.times) {
+  serve(new Float64Array(wd.data), new Int32Array(wd.control), new Float64Array(wd.times), wd.tables ? allocator(wd.tables) : null);
+}

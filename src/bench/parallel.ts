@@ -9,8 +9,8 @@
  *   - speed-ups workers N vs inline, as per-repetition ratios: every group runs its worker counts
  *     round-robin within each repetition, on one Iommu per worker count created once and reused;
  *   - tiny calls (1 and 16 pages, never parallel) with and without a pool;
- *   - what limits the speed-up here: the round trip of a no-op piscina task, and memory bandwidth
- *     with 1 and 2 threads.
+ *   - what limits the speed-up here: the round trip of a no-op piscina task, memory bandwidth with 1
+ *     and 2 threads, and table-page allocation with 1 and 2 threads.
  *
  * Every timed call is checked (bytes returned, sampled translations, block sizes), so a broken
  * parallel engine cannot produce a fast number.
@@ -20,9 +20,11 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { Iommu, SgTable, type Domain } from '../index.js';
+import { TableAccounts } from '../pgtable/account.js';
+import { TableMemory } from '../pgtable/memory.js';
 import { PARALLEL_MIN_PAGES } from '../core/parallel.js';
 import { BITMAP_4K, IOVA_BASE, PROT, verifyMapped, verifyUnmapped } from './core.js';
-import { Ctl, touch } from './fill-worker.js';
+import { Ctl, OP_ALLOC, allocRound, allocator, touch } from './fill-worker.js';
 import { median, type BenchContext, type Measurement, type Suite, type Target, type Timer } from './harness.js';
 import { PAGE, RUN_2M, contiguousPhys, countRuns, mixedPhys, scatteredPhys, toSgTable } from './sglists.js';
 
@@ -390,6 +392,16 @@ export const BW_NAMES = {
   spin2: 'CPU only: 8Mi steps of an integer recurrence, 2 threads (main + 1 worker, half each)',
 };
 
+/** Table pages allocated (and freed) per pass of the allocation limit, and the memory they come from. */
+const ALLOC_PAGES = 4096;
+const ALLOC_MEMORY = 64 * 2 ** 20;
+
+export const ALLOC_NAMES = {
+  one: 'table pages: allocate (zeroed, charged) and free 4Ki 4K pages, 1 thread',
+  two: 'table pages: allocate (zeroed, charged) and free 4Ki 4K pages, 2 threads (main + 1 worker, half each)',
+  scaling: 'table pages: 2 threads / 1 thread throughput',
+};
+
 export const BW_SCALING = {
   fill: 'fill: 2 threads / 1 thread throughput',
   sum: 'sum: 2 threads / 1 thread throughput',
@@ -401,14 +413,18 @@ export const BW_SKEW = [
   'fill, 2 threads: slower half / faster half (time)',
   'sum, 2 threads: slower half / faster half (time)',
   'CPU only, 2 threads: slower half / faster half (time)',
+  'table pages, 2 threads: slower half / faster half (time)',
 ];
 
 async function bandwidth(ctx: BenchContext): Promise<void> {
   const data = new Float64Array(new SharedArrayBuffer(BW_BYTES));
   const ctl = new Int32Array(new SharedArrayBuffer(64));
   const times = new Float64Array(new SharedArrayBuffer(16));
+  const memory = TableMemory.create(ALLOC_MEMORY);
+  const tables = { memory: memory.sab, stacks: memory.stacksSab, accounts: TableAccounts.create().sab };
+  const ownAlloc = allocator(tables);
   const worker = new Worker(fileURLToPath(new URL('./fill-worker.js', import.meta.url)), {
-    workerData: { data: data.buffer, control: ctl.buffer, times: times.buffer },
+    workerData: { data: data.buffer, control: ctl.buffer, times: times.buffer, tables },
   });
   const len = data.length;
   data.fill(1); // touch every page once, outside the timing
@@ -420,17 +436,18 @@ async function bandwidth(ctx: BenchContext): Promise<void> {
    */
   const pass = (op: number, split: number): number => {
     const done = Atomics.load(ctl, Ctl.Done);
-    if (split < len) {
+    const total = op === OP_ALLOC ? ALLOC_PAGES : len;
+    if (split < total) {
       ctl[Ctl.First] = split;
-      ctl[Ctl.End] = len;
+      ctl[Ctl.End] = total;
       ctl[Ctl.Op] = op;
       Atomics.store(ctl, Ctl.Generation, ++gen);
       Atomics.notify(ctl, Ctl.Generation);
     }
     const t0 = Number(process.hrtime.bigint());
-    sink += touch(data, 0, split, op, gen);
+    sink += op === OP_ALLOC ? allocRound(ownAlloc, split) : touch(data, 0, split, op, gen);
     const mine = Number(process.hrtime.bigint()) - t0;
-    if (split >= len) return 1;
+    if (split >= total) return 1;
     while (Atomics.load(ctl, Ctl.Done) === done) Atomics.wait(ctl, Ctl.Done, done, 1000);
     const theirs = times[1]! - times[0]!;
     return Math.max(mine, theirs) / Math.min(mine, theirs);
@@ -439,11 +456,11 @@ async function bandwidth(ctx: BenchContext): Promise<void> {
     name,
     run: async (t: Timer) => {
       // Memory ops in ns per MiB touched; the CPU-only op in ns per Mi steps (one step per element).
-      const ops = op === 2 ? (len * BW_PASSES) / 2 ** 20 : (BW_BYTES * BW_PASSES) / 2 ** 20;
+      const ops = op === OP_ALLOC ? ALLOC_PAGES * BW_PASSES : op === 2 ? (len * BW_PASSES) / 2 ** 20 : (BW_BYTES * BW_PASSES) / 2 ** 20;
       const skew: number[] = [];
       await t.time(name, ops, () => {
         for (let p = 0; p < BW_PASSES; p++) skew.push(pass(op, split));
-      }, op === 2 ? 'ns/Mi steps' : 'ns/MiB');
+      }, op === OP_ALLOC ? 'ns/page' : op === 2 ? 'ns/Mi steps' : 'ns/MiB');
       if (split < len) t.record(`${BW_SKEW[op]!}`, 1, median(skew), 'x');
     },
   });
@@ -468,6 +485,12 @@ async function bandwidth(ctx: BenchContext): Promise<void> {
   ctx.pairedRatio(g, BW_SCALING.fill, BW_NAMES.fill1, BW_NAMES.fill2);
   ctx.pairedRatio(g, BW_SCALING.sum, BW_NAMES.sum1, BW_NAMES.sum2);
   ctx.pairedRatio(g, BW_SCALING.spin, BW_NAMES.spin1, BW_NAMES.spin2);
+  // Table pages, as the map path takes them (allocPage: charge, the allocator's lock, zeroing): how
+  // far two threads that need new tables at once get past one.
+  const ga = 'limit: table-page allocation';
+  await ctx.group({ name: ga, reps: 7, warmup: 2, steps: [step(ALLOC_NAMES.one, OP_ALLOC, ALLOC_PAGES), step(ALLOC_NAMES.two, OP_ALLOC, ALLOC_PAGES / 2)] });
+  ctx.pairedRatio(ga, ALLOC_NAMES.scaling, ALLOC_NAMES.one, ALLOC_NAMES.two);
+  if (memory.pagesInUse !== 0) fail('allocation limit left pages allocated');
   ctl[Ctl.Op] = -1;
   Atomics.store(ctl, Ctl.Generation, ++gen);
   Atomics.notify(ctl, Ctl.Generation);
@@ -526,7 +549,7 @@ export const parallelSuite: Suite = {
     for (const i of iommus.values()) await i.close();
 
     if (ctx.selected('limit: piscina round trip', 'one') || ctx.selected('limit: piscina round trip', 'two')) await roundTrip(ctx);
-    if (ctx.selected('limit: memory bandwidth', 'fill')) await bandwidth(ctx);
+    if (ctx.selected('limit: memory bandwidth', 'fill') || ctx.selected('limit: table-page allocation', ALLOC_NAMES.one)) await bandwidth(ctx);
 
     // --- speed-ups and targets, from this run -----------------------------------------------------------
     for (const c of cases) speedups(ctx, 'speed-ups', c.key, (w) => parNames(c.key, w), c.pages);
