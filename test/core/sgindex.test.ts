@@ -6,6 +6,7 @@
  */
 import test from 'ava';
 import { Prot, SgTable } from '../../src/index.js';
+import { sgView } from '../../src/core/sg.js';
 import { BLOCK } from '../../src/core/sgindex.js';
 import { K4, M2 } from '../helpers/fixtures.js';
 import { bigList, leafDump, makeIommu, modelDump, modelLeaves, PARALLEL_MIN_PAGES, rng, type Seg } from '../helpers/parallel.js';
@@ -68,5 +69,33 @@ test('a contiguous list mapped without reading its entries still ends its run at
     t.is(dom.iovaToPhys(M2 + (n - 1) * K4), 2 ** 36 + (n - 1) * K4, `${n}: last page of the run`);
     t.is(dom.iovaToPhys(M2 + n * K4), 2 ** 37, `${n}: the entry after it`);
     if (n >= 512) t.is(dom.lookup(M2)?.pageSize, M2, `${n}: a 2M block where the run covers one`);
+  }
+});
+
+test('runStart and runEnd find the run around any entry, as a scan of the list does (one run, and many)', (t) => {
+  const lists = [
+    runsOfPages([3 * BLOCK + 5], 2 ** 30), // one run over several blocks
+    runsOfPages(awkwardLengths(12 * BLOCK, 0x5ca1), 2 ** 30),
+    runsOfPages([1, 1, 1, BLOCK, 2], 2 ** 30),
+  ];
+  for (const segs of lists) {
+    const table = new SgTable(segs.length);
+    for (const s of segs) table.push(s.phys, s.length);
+    const { pairs, index } = sgView(table);
+    const n = segs.length;
+    // By a scan: run starts are the entries that do not continue the one before.
+    const starts = segs.map((s, i) => i === 0 || s.phys !== segs[i - 1]!.phys + segs[i - 1]!.length);
+    t.is(index.runs, starts.filter(Boolean).length);
+    let start = 0;
+    for (let i = 0; i < n; i++) {
+      if (starts[i]) start = i;
+      let end = i + 1;
+      while (end < n && !starts[end]) end++;
+      if (index.runStart(pairs, i) !== start || index.runEnd(pairs, i) !== end) {
+        t.fail(`entry ${i} of ${n}: run [${index.runStart(pairs, i)}, ${index.runEnd(pairs, i)}), expected [${start}, ${end})`);
+        return;
+      }
+    }
+    t.pass();
   }
 });
