@@ -1,14 +1,15 @@
 /**
  * One parallel map call in shared memory: its chunks, a claim counter, and each chunk's journal. The
  * calling thread and the pool's helpers all run the same loop (`runClaimed`): take the next chunk
- * with an atomic increment, map it, record the outcome in its journal, repeat until none is left.
+ * (the caller from the front, helpers alternately from the back and the front, by compare-and-swap
+ * on one claim word), map it, record the outcome in its journal, repeat until none is left.
  * So a call costs one message per helper however many chunks it has; a helper that wakes late or
  * runs on a slower vCPU simply takes fewer chunks; and the caller works instead of waiting.
  *
  *   Int32 slots (header)                                             Float64 words
  *   +-------+--------+--------+---------+--------------------------+--------------------+---------------------------+
- *   | next  | chunks | chunks | helpers | helper h: threadId + 1   | plan: P.Stride     | journals (MapLog layout,  |
- *   | chunk |        | done   | out     | (MAX_HELPERS slots)      | words per chunk    | J.*), one per chunk, each |
+ *   | claim | chunks | chunks | helpers | helper h: threadId + 1   | plan: P.Stride     | journals (MapLog layout,  |
+ *   | word  |        | done   | out     | (MAX_HELPERS slots)      | words per chunk    | J.*), one per chunk, each |
  *   |       |        |        |         |                          |                    | on cache lines of its own |
  *   +-------+--------+--------+---------+--------------------------+--------------------+---------------------------+
  *
@@ -23,9 +24,16 @@ import { J, MapLog } from '../pgtable/maplog.js';
 import type { MapChunk } from '../pool/tasks.js';
 import type { MapError, MapLoop } from './maploop.js';
 
-/** Int32 slots before the plan: the claim counter, the chunk count, then one per helper. */
+/** The claim word's halves: chunks taken from the front, and from the back. */
+const CLAIM_BITS = 16;
+const CLAIM_MASK = (1 << CLAIM_BITS) - 1;
+/** A call has fewer chunks than a half of the claim word counts. */
+export const MAX_CHUNKS = CLAIM_MASK;
+
+/** Int32 slots before the plan: the claim word, the chunk count, then one per helper. */
 const HEADER_SLOTS = 512;
 const enum H {
+  /** Chunks claimed: from the front (low half) and from the back (high half). */
   Next = 0,
   Chunks = 1,
   Done = 2,
@@ -77,6 +85,7 @@ export class MapCall {
    * costs 0.05-0.1 ms to allocate); the caller puts buffers there once it is done with them.
    */
   static create(chunks: readonly MapChunk[], caps: readonly (readonly [number, number])[], spare: SharedArrayBuffer[] = []): MapCall {
+    if (chunks.length > MAX_CHUNKS) throw new Error(`internal: a call of ${chunks.length} chunks (at most ${MAX_CHUNKS})`);
     let words = PLAN_WORDS + chunks.length * P.Stride;
     const offsets = caps.map(([installed, replaced]) => {
       const at = Math.ceil(words / LINE_WORDS) * LINE_WORDS;
@@ -154,7 +163,10 @@ export class MapCall {
     const f = this.f64;
     const chunks = this.chunks;
     let mapped = 0;
-    for (let c = Atomics.add(this.i32, H.Next, 1); c < chunks; c = Atomics.add(this.i32, H.Next, 1)) {
+    // The caller takes chunks from the front, the first helper from the back, and so on alternately:
+    // each thread then maps neighbouring chunks, and they meet where the work is split.
+    const fromBack = helper % 2 === 0;
+    for (let c = this.claim(fromBack); c < chunks; c = this.claim(fromBack)) {
       const p = PLAN_WORDS + c * P.Stride;
       const off = f[p + P.Journal]!;
       f[off + J.ThreadId] = threadId;
@@ -189,6 +201,24 @@ export class MapCall {
     // A helper's last touch of the buffer: from here on it may be reused.
     if (helper >= 0) Atomics.sub(this.i32, H.Out, 1);
     return mapped;
+  }
+
+  /**
+   * The next chunk from the front or the back, or `chunks` when none is left. The claim word holds
+   * how many were taken from the front (low 16 bits) and from the back (high 16 bits), so that one
+   * compare-and-swap hands out each chunk exactly once.
+   */
+  private claim(fromBack: boolean): number {
+    const chunks = this.chunks;
+    for (;;) {
+      const taken = Atomics.load(this.i32, H.Next);
+      const front = taken & CLAIM_MASK;
+      const back = taken >>> CLAIM_BITS;
+      if (front + back >= chunks) return chunks;
+      if (Atomics.compareExchange(this.i32, H.Next, taken, taken + (fromBack ? 1 << CLAIM_BITS : 1)) === taken) {
+        return fromBack ? chunks - 1 - back : front;
+      }
+    }
   }
 
   /**

@@ -31,7 +31,7 @@ import { WalkMode, type IoPgtable } from '../pgtable/pgtable.js';
 import { WorkerFailure, type ChunkPool } from '../pool/pool.js';
 import type { StandbyHelper } from '../pool/standby.js';
 import type { FaultSpec, MapChunk, MapPlan, MapTask, ScanResult, TableSpec } from '../pool/tasks.js';
-import { ChunkState, MapCall } from './mapcall.js';
+import { ChunkState, MAX_CHUNKS, MapCall } from './mapcall.js';
 import { MapError, type MapLoop } from './maploop.js';
 import { inSharedMemory, type SgView } from './sg.js';
 
@@ -226,7 +226,8 @@ export class ParallelEngine {
       for (let e = i; e < j; e++) len += pairs[2 * e + 1]!;
       const run = [at, pairs[2 * i]!, len];
       // Entries are never empty (sgView refuses them), so every run has at least one piece.
-      for (const [lo, hi] of this.pieces(d.pgtable.geo, d.loop.minPgsize, at, len)) chunks.push({ first: i, end: j, spanStart: lo, spanEnd: hi, head: run, tail: null });
+      // At most MAX_CHUNKS in all, whatever the pool's size (a call's claim word counts to that).
+      for (const [lo, hi] of this.pieces(d.pgtable.geo, d.loop.minPgsize, at, len, Math.floor(MAX_CHUNKS / n))) chunks.push({ first: i, end: j, spanStart: lo, spanEnd: hi, head: run, tail: null });
       at += len;
       i = j;
     }
@@ -394,8 +395,8 @@ export class ParallelEngine {
   }
 
   /** [iova, iova + size) cut into pieces at table boundaries, about equal in bytes. */
-  private pieces(geo: LpaeGeometry, minPgsize: number, iova: number, size: number): [number, number][] {
-    const k = this.chunkCount(size / minPgsize);
+  private pieces(geo: LpaeGeometry, minPgsize: number, iova: number, size: number, most = Infinity): [number, number][] {
+    const k = Math.min(this.chunkCount(size / minPgsize), most);
     const align = geo.blockSize(Math.max(geo.startLevel, geo.levelOfPgsize(minPgsize) - 1));
     const out: [number, number][] = [];
     let lo = iova;
