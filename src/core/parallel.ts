@@ -29,7 +29,6 @@ import type { MapLog } from '../pgtable/maplog.js';
 import type { TableMemory } from '../pgtable/memory.js';
 import { WalkMode, type IoPgtable } from '../pgtable/pgtable.js';
 import { WorkerFailure, type ChunkPool } from '../pool/pool.js';
-import type { StandbyHelper } from '../pool/standby.js';
 import type { FaultSpec, MapChunk, MapPlan, MapTask, ScanResult, TableSpec } from '../pool/tasks.js';
 import { ChunkState, MAX_CHUNKS, MapCall } from './mapcall.js';
 import { MapError, type MapLoop } from './maploop.js';
@@ -46,8 +45,9 @@ export const PARALLEL_MIN_PAGES = 65536;
  * With callerRuns, a map goes to the pool only when its estimated inline time (MapLoop.estimateNs)
  * reaches this. Measured on this 2-vCPU machine (docs/performance.md), before standby helpers: a call
  * paid ~0.2 ms before the caller maps (plan, call buffer, piscina's dispatch) and its helper started
- * 0.1-0.2 ms after it was asked, so scattered lists of 64Ki pages (0.4 ms inline) ran at 0.99x and of 128Ki (0.9 ms) at 1.5x;
- * contiguous lists at 0.94x for 256Ki pages (0.43 ms) and 1.10x for 512Ki (0.88 ms).
+ * 0.1-0.2 ms after it was asked, so scattered lists of 64Ki pages (0.4 ms inline) ran at 0.99x and
+ * of 128Ki (0.9 ms) at 1.5x; contiguous lists at 0.94x for 256Ki pages (0.43 ms) and 1.10x for 512Ki
+ * (0.88 ms). With standby helpers a threshold of 0.5 ms was measured and not kept (performance.md).
  */
 const MIN_POOL_WORK_NS = 600_000;
 export const MIN_CHUNK_PAGES = 16384;
@@ -281,15 +281,7 @@ export class ParallelEngine {
     const job = (helper: number): MapTask => ({ kind: 'map', table: d.spec, sg: plan.sg, breaks: plan.breaks, call: call.sab, helper, prot: plan.prot, fault });
     if (callerRuns) {
       // Standby helpers (kept awake between calls) take chunks while this thread maps too.
-      const helpers: StandbyHelper[] = [];
-      const wanted = Math.min(this.participants - 1, chunks.length - 1);
-      // A helper that must be started is a piscina task, which queues behind tasks whose results
-      // this thread has not handled yet (one that left, say): let those in first.
-      if (Array.from({ length: wanted }, (_, h) => this.pool.standby(h).asleep).some(Boolean)) await this.pool.catchUp();
-      for (let h = 0; h < wanted; h++) {
-        const helper = this.pool.standby(h);
-        if (helper.claim()) helpers.push(helper);
-      }
+      const helpers = await this.pool.claimStandbys(Math.min(this.participants - 1, chunks.length - 1));
       call.sendingHelpers(helpers.length);
       helpers.forEach((helper, h) => helper.send(job(h)));
       call.runClaimed(d.loop, new Float64Array(plan.sg), new Int32Array(plan.breaks), plan.prot, -1, threadId, null);

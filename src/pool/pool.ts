@@ -30,7 +30,7 @@ export interface PoolData {
   accounts: SharedArrayBuffer;
 }
 
-const WORKER_URL = new URL('../../workers/chunk-worker.js', import.meta.url);
+const WORKER_URL = new URL('../../workers/chunk-worker-loader.cjs', import.meta.url);
 /**
  * How long a standby helper waits for its next job before it leaves. Calls of a busy caller come
  * far closer together; an idle Iommu then holds no task, so the process can exit without close().
@@ -98,6 +98,27 @@ export class ChunkPool {
       );
     }
     return this.standbys[i]!;
+  }
+
+  /**
+   * Claims standby helpers 0..wanted-1 for one job each; the ones busy with another call's job (or
+   * leaving just then) are left out. A helper that must be started is a piscina task, which queues
+   * behind tasks whose results this thread has not handled yet (one that left, say): those are let
+   * in first.
+   */
+  async claimStandbys(wanted: number): Promise<StandbyHelper[]> {
+    for (let i = 0; i < wanted; i++) {
+      if (this.standby(i).asleep) {
+        await this.catchUp();
+        break;
+      }
+    }
+    const claimed: StandbyHelper[] = [];
+    for (let i = 0; i < wanted; i++) {
+      const helper = this.standby(i);
+      if (helper.claim()) claimed.push(helper);
+    }
+    return claimed;
   }
 
   /** Lets every standby helper go, so that tasks queued on the pool find its workers free. */
