@@ -101,7 +101,7 @@ export class Domain implements DomainTables {
   /** Calls in flight that hold a range, and the lock that orders overlapping ones. */
   private readonly lock = new RangeLock();
   private inflight = 0;
-  /** Tables that failed calls installed but could not free at once, as (slot, page) pairs. */
+  /** Tables that failed calls installed but could not free at once, as MapLog.installed quads. */
   private readonly orphans: number[] = [];
   /** IOVA ranges that parallel maps are writing right now. */
   private readonly mapping: number[][] = [];
@@ -413,15 +413,15 @@ export class Domain implements DomainTables {
         this.pgtable.rollback(log);
         installed.push(...log.installed);
       }
-      // Tables the call installed may be in use by another call in flight: then they are freed later.
-      if (this.inflight <= 1) this.pgtable.reclaimTables(installed);
-      else this.orphans.push(...installed);
       if (failedAt > iova) {
         const gather = new Gather();
         gather.addRange(iova, failedAt - iova);
         // Not issue(): a failed call changes nothing else, not even when pending pages are freed.
         this.host.iotlb.sync(this.pgtable.owner, gather);
       }
+      // Tables the call installed may be in use by another call in flight: then they are freed later.
+      if (this.inflight <= 1) this.reclaim(installed);
+      else this.orphans.push(...installed);
       throw error;
     }
     const gather = new Gather();
@@ -497,8 +497,18 @@ export class Domain implements DomainTables {
 
   /** Frees the tables that failed calls installed and could not free while others were in flight. */
   private reclaimOrphans(): void {
-    this.pgtable.reclaimTables(this.orphans);
+    this.reclaim(this.orphans);
     this.orphans.length = 0;
+  }
+
+  /**
+   * Frees those of the given tables (MapLog.installed quads) that map nothing, once the walks that
+   * devices cached through them are invalidated — part of the failed call's undo, so not a batch.
+   */
+  private reclaim(installed: readonly number[]): void {
+    const gather = new Gather();
+    this.pgtable.reclaimTables(installed, gather);
+    if (!gather.isEmpty) this.host.iotlb.applyNow(this.pgtable.owner, gather);
   }
 
   private checkUnmapRange(iova: number, size: number): void {

@@ -20,7 +20,7 @@
  * "Helpers out" counts the helpers sent the call that have not yet left it: the buffer is reused for
  * a later call only at 0, so a helper that starts late never finds another call in it.
  */
-import { J, MapLog } from '../pgtable/maplog.js';
+import { J, MapLog, journalSize } from '../pgtable/maplog.js';
 import type { MapChunk } from '../pool/tasks.js';
 import type { MapError, MapLoop } from './maploop.js';
 
@@ -89,7 +89,7 @@ export class MapCall {
     let words = PLAN_WORDS + chunks.length * P.Stride;
     const offsets = caps.map(([installed, replaced]) => {
       const at = Math.ceil(words / LINE_WORDS) * LINE_WORDS;
-      words = at + J.Header + 2 * installed + 4 * replaced;
+      words = at + journalSize(installed, replaced);
       return at;
     });
     const fit = spare.findIndex((b) => b.byteLength >= words * 8 && Atomics.load(new Int32Array(b, 0, HEADER_SLOTS), H.Out) === 0);

@@ -13,7 +13,7 @@
  *   0 base | 1 written | 2 intent first slot | 3 intent end slot | 4 n installed | 5 n replaced |
  *   6 capacity installed | 7 capacity replaced | 8 overflowed | 9 worker threadId |
  *   10 state | 11 error | 12 error iova | 13 error paddr | 14 error size  (kept by MapCall) |
- *   installed (slot, page) pairs... |
+ *   installed (slot, page, iova, size) quads... |
  *   replaced (slot, old descriptor, iova, size) quads...
  */
 export const enum J {
@@ -38,7 +38,7 @@ export const enum J {
 }
 
 export function journalSize(capInstalled: number, capReplaced: number): number {
-  return J.Header + 2 * capInstalled + 4 * capReplaced;
+  return J.Header + 4 * capInstalled + 4 * capReplaced;
 }
 
 export class MapLog {
@@ -46,7 +46,10 @@ export class MapLog {
   base: number;
   /** Bytes of IOVA mapped so far, from `base`. */
   written = 0;
-  /** Tables this call installed, as (slot, offset) pairs in install order. */
+  /**
+   * Tables this call installed, as (slot, offset, iova, size) quads in install order: [iova, iova +
+   * size) is what the table translates, where walks through it must be invalidated once it is freed.
+   */
   readonly installed: number[] = [];
   /** Empty subtrees that blocks replaced, as (slot, old descriptor as Float64, iova, size) quads. */
   readonly replaced: number[] = [];
@@ -101,15 +104,17 @@ export class MapLog {
     if (this.journal) this.journal[this.off + J.Written] = this.written;
   }
 
-  addInstalled(slot: number, page: number): void {
-    this.installed.push(slot, page);
+  addInstalled(slot: number, page: number, iova: number, size: number): void {
+    this.installed.push(slot, page, iova, size);
     const j = this.journal;
     if (j) {
       const n = j[this.off + J.NInstalled]!;
       if (n < j[this.off + J.CapInstalled]!) {
-        const at = this.off + J.Header + 2 * n;
+        const at = this.off + J.Header + 4 * n;
         j[at] = slot;
         j[at + 1] = page;
+        j[at + 2] = iova;
+        j[at + 3] = size;
         j[this.off + J.NInstalled] = n + 1;
       } else j[this.off + J.Overflowed] = 1;
     }
@@ -121,7 +126,7 @@ export class MapLog {
     if (j) {
       const n = j[this.off + J.NReplaced]!;
       if (n < j[this.off + J.CapReplaced]!) {
-        const at = this.off + J.Header + 2 * j[this.off + J.CapInstalled]! + 4 * n;
+        const at = this.off + J.Header + 4 * j[this.off + J.CapInstalled]! + 4 * n;
         j[at] = slot;
         j[at + 1] = oldDescriptor;
         j[at + 2] = iova;
@@ -141,8 +146,8 @@ export class MapLog {
     log.intentFirst = j[off + J.IntentFirst]!;
     log.intentEnd = j[off + J.IntentEnd]!;
     const capInstalled = j[off + J.CapInstalled]!;
-    for (let i = 0; i < j[off + J.NInstalled]!; i++) log.installed.push(j[off + J.Header + 2 * i]!, j[off + J.Header + 2 * i + 1]!);
-    const rBase = off + J.Header + 2 * capInstalled;
+    for (let i = 0; i < 4 * j[off + J.NInstalled]!; i++) log.installed.push(j[off + J.Header + i]!);
+    const rBase = off + J.Header + 4 * capInstalled;
     for (let i = 0; i < j[off + J.NReplaced]!; i++) {
       for (let k = 0; k < 4; k++) log.replaced.push(j[rBase + 4 * i + k]!);
     }

@@ -50,6 +50,12 @@ export interface LeafSink {
   addPages(iova: number, size: number, pgsize: number): void;
 }
 
+/** Receives unlinked tables: the walks through them to invalidate, then their pages to free (a gather). */
+export interface TableSink {
+  addWalk(iova: number, size: number): void;
+  freeTables(pages: readonly number[]): void;
+}
+
 export class IoPgtable {
   readonly geo: LpaeGeometry;
   readonly mem: TableMemory;
@@ -298,7 +304,8 @@ export class IoPgtable {
         // Publish the zeroed table; if another call got there first, use theirs and give ours back.
         const seen = Atomics.compareExchange(this.mem.i32, 2 * s, 0, desc);
         if (seen === 0) {
-          log.addInstalled(s, page);
+          const span = this.geo.blockSize(l);
+          log.addInstalled(s, page, Math.floor(iova / span) * span, span);
           lo = desc;
         } else {
           this.freePage(page);
@@ -505,29 +512,39 @@ export class IoPgtable {
   }
 
   /**
-   * Frees, of the tables given as (slot, page) pairs, every one that maps nothing — including those
-   * that only become empty once tables below them are freed. Returns the pairs it kept.
+   * Unlinks, of the tables given as (slot, page, iova, size) quads (MapLog.installed), every one that
+   * maps nothing — including those that only become empty once tables below them are unlinked — and
+   * hands them to `gather`: a walk invalidation over the ranges they translated, and their pages to
+   * free once it is issued. A device may have cached a walk through such a table (a later call wrote
+   * leaves into it), so its page must not be reused before that walk is gone. Returns the quads kept.
+   * The caller knows that no call is writing into these tables.
    */
-  reclaimTables(pairs: readonly number[]): number[] {
-    let left = pairs.slice();
+  reclaimTables(quads: readonly number[], gather: TableSink): number[] {
+    let left = quads.slice();
+    const ranges: [number, number][] = [];
     for (let freed = true; freed && left.length > 0; ) {
       freed = false;
       const kept: number[] = [];
-      for (let i = 0; i < left.length; i += 2) {
-        if (this.reclaimTable(left[i]!, left[i + 1]!)) freed = true;
-        else kept.push(left[i]!, left[i + 1]!);
+      for (let i = 0; i < left.length; i += 4) {
+        const [slot, page, iova, size] = [left[i]!, left[i + 1]!, left[i + 2]!, left[i + 3]!];
+        const desc = tableDescriptorLo(page);
+        if (this.isEmptyTable(page) && Atomics.compareExchange(this.mem.i32, 2 * slot, desc, 0) === desc) {
+          gather.freeTables([page, this.tableBytes]);
+          ranges.push([iova, iova + size]);
+          freed = true;
+        } else kept.push(slot, page, iova, size);
       }
       left = kept;
     }
+    // One walk invalidation per stretch of IOVA (a call's tables are mostly side by side, and nest).
+    ranges.sort((a, b) => a[0] - b[0]);
+    for (let i = 0; i < ranges.length; ) {
+      const lo = ranges[i]![0];
+      let hi = ranges[i]![1];
+      for (i++; i < ranges.length && ranges[i]![0] <= hi; i++) hi = Math.max(hi, ranges[i]![1]);
+      gather.addWalk(lo, hi - lo);
+    }
     return left;
-  }
-
-  /** Frees the table `page` linked at `slot` if it maps nothing; the caller knows no walk is in it. */
-  reclaimTable(slot: number, page: number): boolean {
-    const desc = tableDescriptorLo(page);
-    if (!this.isEmptyTable(page) || Atomics.compareExchange(this.mem.i32, 2 * slot, desc, 0) !== desc) return false;
-    this.freePage(page);
-    return true;
   }
 
   /** Returns an unlinked table page to memory, and its charge to the owner. */

@@ -471,6 +471,33 @@ test.serial('a device that walked the tables of a failing parallel map cannot re
   t.deepEqual(leaks, [], 'no translation through freed (and reused) table pages');
 });
 
+test.serial('a table a failed call left while another call was in flight is freed only after walks through it are invalidated', async (t) => {
+  t.timeout(120_000);
+  const iommu = await makeIommu(t, 2, undefined, false);
+  const dom = iommu.allocDomain();
+  iommu.attachDevice(7, dom);
+  const R = 5 * G1; // a 2M region with no last-level table yet
+  const k = 5; // the page of R the device reads
+  await dom.map(R + M2, 2 ** 45, K4, Prot.READ); // the failing map below collides here
+  await dom.map(7 * G1, 2 ** 44, K4, Prot.READ); // the level-2 table that the maps at 7G will share
+  // A big call in flight on a disjoint range: the failed call's tables cannot be freed at once.
+  const big = bigList('contiguous', contiguousSegs(2 * N, K4, 2 ** 43));
+  const flight = pending(dom.mapSg(G1, big.table, RW));
+  // It installs R's last-level table for its first page, then meets the leaf at R + M2.
+  const e = await t.throwsAsync(dom.map(R + M2 - K4, 2 ** 42, 2 * K4, RW), { instanceOf: IommuError });
+  t.is(e?.code, 'EEXIST');
+  // A later call writes into that table; the device walks it, and caches it.
+  await dom.map(R + k * K4, 2 ** 41, K4, RW);
+  t.is(iommu.translate(7, R + k * K4, 'read'), 2 ** 41);
+  t.is(await dom.unmap(R + k * K4, K4), K4); // the table is empty again
+  t.false(flight.done(), 'the big call was still in flight throughout');
+  t.is(await flight.p, big.bytes); // now nothing is in flight: the empty table is freed
+  // New tables reuse the freed pages, each with a leaf at page k of its region.
+  for (let i = 1; i <= 8; i++) await dom.map(7 * G1 + i * M2 + k * K4, 2 ** 40 + i * M2, K4, RW);
+  await dom.map(R + k * K4, 2 ** 39, K4, RW);
+  t.is(iommu.translate(7, R + k * K4, 'read'), 2 ** 39, 'the device reads the new mapping, not a reused page');
+});
+
 // -------------------------------------------------------------------------------------------------
 // free() under calls in flight
 // -------------------------------------------------------------------------------------------------
