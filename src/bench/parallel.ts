@@ -24,7 +24,7 @@ import { TableAccounts } from '../pgtable/account.js';
 import { TableMemory } from '../pgtable/memory.js';
 import { PARALLEL_MIN_PAGES } from '../core/parallel.js';
 import { BITMAP_4K, IOVA_BASE, PROT, verifyMapped, verifyUnmapped } from './core.js';
-import { Ctl, OP_ALLOC, allocRound, allocator, touch } from './fill-worker.js';
+import { Ctl, OP_ALLOC, OP_CHASE, allocRound, allocator, chase, chaseCycles, touch } from './fill-worker.js';
 import { median, type BenchContext, type Measurement, type Suite, type Target, type Timer } from './harness.js';
 import { PAGE, RUN_2M, contiguousPhys, countRuns, mixedPhys, scatteredPhys, toSgTable } from './sglists.js';
 
@@ -402,6 +402,17 @@ export const ALLOC_NAMES = {
   scaling: 'table pages: 2 threads / 1 thread throughput',
 };
 
+/** Links per pass of the latency limit (one thread follows all, two threads half each), and the cycles' size. */
+const CHASE_STEPS = 2 ** 18;
+const CHASE_ENTRIES = 16 * 2 ** 20; // 64 MiB: two cycles of 32 MiB, past the caches
+
+export const CHASE_NAMES = {
+  one: 'dependent loads over a random 32 MiB cycle, 1 thread',
+  two: 'dependent loads over a random 32 MiB cycle, 2 threads (main + 1 worker, a cycle and half the loads each)',
+  scaling: 'dependent loads: 2 threads / 1 thread throughput',
+  ceiling: 'dependent loads: best 2-thread speed-up over 1 thread on the faster vCPU (1 + faster / slower)',
+};
+
 export const BW_SCALING = {
   fill: 'fill: 2 threads / 1 thread throughput',
   sum: 'sum: 2 threads / 1 thread throughput',
@@ -414,6 +425,7 @@ export const BW_SKEW = [
   'sum, 2 threads: slower half / faster half (time)',
   'CPU only, 2 threads: slower half / faster half (time)',
   'table pages, 2 threads: slower half / faster half (time)',
+  'dependent loads, 2 threads: slower half / faster half (time)',
 ];
 
 async function bandwidth(ctx: BenchContext): Promise<void> {
@@ -423,8 +435,9 @@ async function bandwidth(ctx: BenchContext): Promise<void> {
   const memory = TableMemory.create(ALLOC_MEMORY);
   const tables = { memory: memory.sab, stacks: memory.stacksSab, accounts: TableAccounts.create().sab };
   const ownAlloc = allocator(tables);
+  const next = chaseCycles(CHASE_ENTRIES, 0x5eed);
   const worker = new Worker(fileURLToPath(new URL('./fill-worker.js', import.meta.url)), {
-    workerData: { data: data.buffer, control: ctl.buffer, times: times.buffer, tables },
+    workerData: { data: data.buffer, control: ctl.buffer, times: times.buffer, tables, chase: next.buffer },
   });
   const len = data.length;
   data.fill(1); // touch every page once, outside the timing
@@ -434,9 +447,11 @@ async function bandwidth(ctx: BenchContext): Promise<void> {
    * One pass over data: [0, split) on this thread, [split, len) on the worker (if split < len).
    * Returns how much longer the slower of the two halves took than the faster (1 with one thread).
    */
+  /** The work of one pass of `op`: elements, pages or loads. */
+  const totalOf = (op: number): number => (op === OP_ALLOC ? ALLOC_PAGES : op === OP_CHASE ? CHASE_STEPS : len);
   const pass = (op: number, split: number): number => {
     const done = Atomics.load(ctl, Ctl.Done);
-    const total = op === OP_ALLOC ? ALLOC_PAGES : len;
+    const total = totalOf(op);
     if (split < total) {
       ctl[Ctl.First] = split;
       ctl[Ctl.End] = total;
@@ -445,7 +460,9 @@ async function bandwidth(ctx: BenchContext): Promise<void> {
       Atomics.notify(ctl, Ctl.Generation);
     }
     const t0 = Number(process.hrtime.bigint());
-    sink += op === OP_ALLOC ? allocRound(ownAlloc, split) : touch(data, 0, split, op, gen);
+    if (op === OP_ALLOC) sink += allocRound(ownAlloc, split);
+    else if (op === OP_CHASE) sink += chase(next, 0, split);
+    else sink += touch(data, 0, split, op, gen);
     const mine = Number(process.hrtime.bigint()) - t0;
     if (split >= total) return 1;
     while (Atomics.load(ctl, Ctl.Done) === done) Atomics.wait(ctl, Ctl.Done, done, 1000);
@@ -456,12 +473,13 @@ async function bandwidth(ctx: BenchContext): Promise<void> {
     name,
     run: async (t: Timer) => {
       // Memory ops in ns per MiB touched; the CPU-only op in ns per Mi steps (one step per element).
-      const ops = op === OP_ALLOC ? ALLOC_PAGES * BW_PASSES : op === 2 ? (len * BW_PASSES) / 2 ** 20 : (BW_BYTES * BW_PASSES) / 2 ** 20;
+      const ops =
+        op === OP_ALLOC ? ALLOC_PAGES * BW_PASSES : op === OP_CHASE ? CHASE_STEPS * BW_PASSES : op === 2 ? (len * BW_PASSES) / 2 ** 20 : (BW_BYTES * BW_PASSES) / 2 ** 20;
       const skew: number[] = [];
       await t.time(name, ops, () => {
         for (let p = 0; p < BW_PASSES; p++) skew.push(pass(op, split));
-      }, op === OP_ALLOC ? 'ns/page' : op === 2 ? 'ns/Mi steps' : 'ns/MiB');
-      if (split < len) t.record(`${BW_SKEW[op]!}`, 1, median(skew), 'x');
+      }, op === OP_ALLOC ? 'ns/page' : op === OP_CHASE ? 'ns/load' : op === 2 ? 'ns/Mi steps' : 'ns/MiB');
+      if (split < totalOf(op)) t.record(`${BW_SKEW[op]!}`, 1, median(skew), 'x');
     },
   });
   await ctx.group({
@@ -491,6 +509,12 @@ async function bandwidth(ctx: BenchContext): Promise<void> {
   await ctx.group({ name: ga, reps: 7, warmup: 2, steps: [step(ALLOC_NAMES.one, OP_ALLOC, ALLOC_PAGES), step(ALLOC_NAMES.two, OP_ALLOC, ALLOC_PAGES / 2)] });
   ctx.pairedRatio(ga, ALLOC_NAMES.scaling, ALLOC_NAMES.one, ALLOC_NAMES.two);
   if (memory.pagesInUse !== 0) fail('allocation limit left pages allocated');
+  // Memory latency on each thread: on this VM one vCPU has been measured at about twice the other's
+  // (its memory is remote), which caps any two-thread speed-up of the map loop whatever the engine does.
+  const gl = 'limit: memory latency';
+  await ctx.group({ name: gl, reps: 7, warmup: 2, steps: [step(CHASE_NAMES.one, OP_CHASE, CHASE_STEPS), step(CHASE_NAMES.two, OP_CHASE, CHASE_STEPS / 2)] });
+  ctx.pairedRatio(gl, CHASE_NAMES.scaling, CHASE_NAMES.one, CHASE_NAMES.two);
+  ctx.derived(gl, CHASE_NAMES.ceiling, 'x', BW_SKEW[OP_CHASE]!, (skew) => 1 + 1 / skew, 'from the skew: the faster thread does 1, the slower 1/skew');
   ctl[Ctl.Op] = -1;
   Atomics.store(ctl, Ctl.Generation, ++gen);
   Atomics.notify(ctl, Ctl.Generation);

@@ -136,6 +136,13 @@ test('bench parallel --quick --json through a pipe: a JSON line of over 64 KiB a
   const run = r.json!;
   checkShape(t, run, ['parallel']);
   t.truthy(run.measurements['parallel.speed-up contiguous 1Mi x 4K, map, new tables, workers 2 vs 0'], 'the speed-ups are there');
+  // The latency limit: a skew of the two threads' times (>= 1), and the ceiling it implies (1-2).
+  const skew = run.measurements['parallel.dependent loads, 2 threads: slower half / faster half (time)'];
+  const ceiling = run.measurements['parallel.dependent loads: best 2-thread speed-up over 1 thread on the faster vCPU (1 + faster / slower)'];
+  t.true(skew !== undefined && skew.median >= 1, 'the latency skew is measured');
+  t.true(ceiling !== undefined && ceiling.median > 1 && ceiling.median <= 2, `ceiling ${ceiling?.median}`);
+  t.is(ceiling!.median, 1 + 1 / skew!.median);
+  t.true(run.measurements['parallel.dependent loads over a random 32 MiB cycle, 1 thread']!.median > 0);
 });
 
 test('bench --compare: every measurement against the older file, with its change and verdict', async (t) => {
