@@ -155,6 +155,7 @@ export class Domain implements DomainTables {
     if (loop.checkRun(iova, paddr, size) !== MapError.None) throw loop.toError();
     const par = this.host.parallel;
     if (par && par.mapIsBig(1, size / this.minPgsize) && par.mapWorthIt(loop.estimateNs(1, loop.leavesOf(iova, paddr, size)))) {
+      par.wakeHelpers();
       await this.exclusive(iova, iova + size, () =>
         this.whileMapping(iova, iova + size, async () => {
           const out = await par.runMap(this, iova, par.planMap(this, iova, paddr, size, prot));
@@ -192,6 +193,7 @@ export class Domain implements DomainTables {
     // Many entries, or few that cover many pages: work for the pool, if it is worth the dispatch.
     const pages = view.index.bytes / this.minPgsize;
     if (par && par.mapIsBig(n, pages) && par.mapWorthIt(this.estimateSgNs(iova, view))) {
+      par.wakeHelpers();
       const plan = par.planSg(this, iova, view, prot);
       const end = iova + view.index.bytes;
       return this.exclusive(iova, end, () =>

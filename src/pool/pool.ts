@@ -121,6 +121,11 @@ export class ChunkPool {
     return claimed;
   }
 
+  /** Asks the running idle standby helpers 0..wanted-1 to wait awake for a job about to come. */
+  wakeStandbys(wanted: number): void {
+    for (let i = 0; i < Math.min(wanted, this.standbys.length); i++) this.standbys[i]!.wake();
+  }
+
   /** Lets every standby helper go, so that tasks queued on the pool find its workers free. */
   async retireStandbys(): Promise<void> {
     await Promise.all(this.standbys.map((h) => h.retire()));

@@ -12,7 +12,14 @@
  *
  *   control (Int32): [Seq] bumped once per job (and once to retire) | [State] Idle, Busy or Gone |
  *                    [Thread] the helper's threadId + 1 once it runs | [Retire] 1: leave now |
- *                    [Served] jobs done
+ *                    [Served] jobs done | [Spin] 1: a job is coming, wait for it awake |
+ *                    [Spinning] 1 while the helper waits awake (a job then needs no notify)
+ *
+ * Waking a parked thread takes 0.07-0.12 ms here, and the caller's own notify 0.03 ms. So a caller
+ * that is about to plan a big call asks its idle helpers to spin first (wake): they wake while it
+ * plans, and its job finds them awake. A woken helper spins at most SPIN_MS for the job, then parks.
+ * Neither side misses the other: the caller bumps Seq and then reads Spinning; the helper clears
+ * Spinning and then parks only while Seq is unchanged (all sequentially consistent).
  *
  * A caller claims the helper with a compare-and-swap of State from Idle (or Busy) to Busy, then posts
  * the job and bumps Seq: jobs queue on the port, so a helper still finishing an earlier call's job
@@ -28,8 +35,13 @@ const enum S {
   Thread = 2,
   Retire = 3,
   Served = 4,
+  Spin = 5,
+  Spinning = 6,
   Words = 16, // a cache line of its own
 }
+
+/** How long a woken helper waits awake for the job it was woken for, before it parks again. */
+const SPIN_MS = 1;
 
 /** How often a caller waiting for a busy helper looks again (it is also woken when the helper is done). */
 const RECHECK_MS = 50;
@@ -58,6 +70,10 @@ export function serveStandby(task: StandbyTask, threadId: number, run: (job: unk
   let taken = 0;
   for (;;) {
     if (Atomics.load(ctl, S.Seq) === taken) {
+      if (Atomics.exchange(ctl, S.Spin, 0) === 1) {
+        spinFor(ctl, taken);
+        continue;
+      }
       if (Atomics.wait(ctl, S.Seq, taken, task.idleMs) === 'timed-out' && Atomics.compareExchange(ctl, S.State, State.Idle, State.Gone) === State.Idle) {
         return taken;
       }
@@ -76,6 +92,14 @@ export function serveStandby(task: StandbyTask, threadId: number, run: (job: unk
       Atomics.notify(ctl, S.State);
     }
   }
+}
+
+/** Waits awake, for at most SPIN_MS, until Seq moves past `taken` (a job, or retirement). */
+function spinFor(ctl: Int32Array, taken: number): void {
+  Atomics.store(ctl, S.Spinning, 1);
+  const until = performance.now() + SPIN_MS;
+  while (Atomics.load(ctl, S.Seq) === taken && performance.now() < until);
+  Atomics.store(ctl, S.Spinning, 0);
 }
 
 /** The caller's side of one standby helper. */
@@ -121,11 +145,21 @@ export class StandbyHelper {
     }
   }
 
+  /**
+   * Asks an idle running helper to wait awake for a job that is coming (SPIN_MS at most): it wakes
+   * while the caller plans the call. Does nothing to a helper that is busy, or not running.
+   */
+  wake(): void {
+    if (this.asleep || Atomics.load(this.ctl, S.State) !== State.Idle) return;
+    Atomics.store(this.ctl, S.Spin, 1);
+    Atomics.notify(this.ctl, S.Seq, 1);
+  }
+
   /** Hands a claimed helper its job. */
   send(job: unknown): void {
     this.port!.postMessage(job);
     Atomics.add(this.ctl, S.Seq, 1);
-    Atomics.notify(this.ctl, S.Seq, 1);
+    if (Atomics.load(this.ctl, S.Spinning) === 0) Atomics.notify(this.ctl, S.Seq, 1);
   }
 
   /**

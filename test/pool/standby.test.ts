@@ -7,7 +7,9 @@
 import { spawnSync } from 'node:child_process';
 import test from 'ava';
 import { Prot, type Iommu } from '../../src/index.js';
+import { MapCall } from '../../src/core/mapcall.js';
 import type { ChunkPool } from '../../src/pool/pool.js';
+import type { TableSpec } from '../../src/pool/tasks.js';
 import { bigList, contiguousSegs, K4, leafDump, makeIommu, PARALLEL_MIN_PAGES, scatteredSegs, tasksOf } from '../helpers/parallel.js';
 
 const RW = Prot.READ | Prot.WRITE;
@@ -105,4 +107,36 @@ test('a process whose Iommu is never closed exits once its calls are done', (t) 
   t.is(out.signal, null, 'it exited by itself (not killed at the 60 s limit)');
   t.is(out.status, 0, out.stderr);
   t.is(out.stdout.trim(), 'served');
+});
+
+test('woken or not, spinning or parked again: a helper takes every job it is sent (300 jobs at random delays)', async (t) => {
+  t.timeout(120_000); // a lost job would leave released() waiting
+  const iommu = await makeIommu(t, 1);
+  const dom = iommu.allocDomain();
+  const helper = pool(iommu).standby(0);
+  helper.idleMs = 60_000;
+  // A job with no chunks: the helper joins the call, finds nothing to claim, and is done.
+  const empty = MapCall.create([], []);
+  const pairs = new SharedArrayBuffer(16);
+  const job = { kind: 'map', table: (dom as unknown as { spec: TableSpec }).spec, sg: pairs, breaks: new SharedArrayBuffer(4), call: empty.sab, helper: 0, prot: RW };
+  t.true(helper.claim()); // starts it
+  helper.send(job);
+  await helper.released();
+  let served = 1;
+  let x = 7;
+  for (let i = 0; i < 300; i++) {
+    x = (x * 1103515245 + 12345) % 2 ** 31;
+    // Woken or not; the job right away, while it spins, or after its spin (1 ms) ended and it parked.
+    if (x % 3 !== 0) helper.wake();
+    const delayMs = [0, 0.05, 0.3, 2][(x >> 4) % 4]!;
+    if (delayMs > 0) {
+      const until = performance.now() + delayMs;
+      while (performance.now() < until);
+    }
+    t.true(helper.claim());
+    helper.send(job);
+    await helper.released();
+    served++;
+  }
+  t.is(helper.served, served, 'every job was taken, by the same helper');
 });
