@@ -20,7 +20,7 @@
  * "Helpers out" counts the helpers sent the call that have not yet left it: the buffer is reused for
  * a later call only at 0, so a helper that starts late never finds another call in it.
  */
-import { J, MapLog, journalSize } from '../pgtable/maplog.js';
+import { J, MapLog, initJournal, journalSize } from '../pgtable/maplog.js';
 import type { MapChunk } from '../pool/tasks.js';
 import type { MapError, MapLoop } from './maploop.js';
 
@@ -94,9 +94,12 @@ export class MapCall {
     });
     const fit = spare.findIndex((b) => b.byteLength >= words * 8 && Atomics.load(new Int32Array(b, 0, HEADER_SLOTS), H.Out) === 0);
     const call = new MapCall(fit >= 0 ? spare.splice(fit, 1)[0]! : new SharedArrayBuffer(2 ** Math.ceil(Math.log2(words * 8))));
-    call.f64.fill(0, 0, words);
-    call.i32[H.Chunks] = chunks.length;
     const f = call.f64;
+    // Only what is read before it is written: the header, the plan and the journals' headers
+    // (initJournal). A reused buffer is in the other thread's cache: zeroing all of it cost the
+    // caller more than the rest of the call's setup.
+    f.fill(0, 0, PLAN_WORDS + chunks.length * P.Stride);
+    call.i32[H.Chunks] = chunks.length;
     chunks.forEach((c, i) => {
       const p = PLAN_WORDS + i * P.Stride;
       f[p + P.First] = c.first;
@@ -106,8 +109,7 @@ export class MapCall {
       f.set(c.head ?? [NaN, NaN, NaN], p + P.Head);
       f.set(c.tail ?? [NaN, NaN, NaN], p + P.Tail);
       f[p + P.Journal] = offsets[i]!;
-      f[offsets[i]! + J.CapInstalled] = caps[i]![0];
-      f[offsets[i]! + J.CapReplaced] = caps[i]![1];
+      initJournal(f, offsets[i]!, caps[i]![0], caps[i]![1]);
     });
     return call;
   }

@@ -155,9 +155,12 @@ export class MapLog {
   }
 }
 
-/** Prepares a chunk's journal region with its capacities. */
+/**
+ * Prepares a chunk's journal region with its capacities. Only the header is zeroed: entries are read
+ * only up to the counts in it.
+ */
 export function initJournal(j: Float64Array, off: number, capInstalled: number, capReplaced: number): void {
-  j.fill(0, off, off + journalSize(capInstalled, capReplaced));
+  j.fill(0, off, off + J.Header);
   j[off + J.CapInstalled] = capInstalled;
   j[off + J.CapReplaced] = capReplaced;
 }
