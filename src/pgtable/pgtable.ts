@@ -526,13 +526,13 @@ export class IoPgtable {
       freed = false;
       const kept: number[] = [];
       for (let i = 0; i < left.length; i += 4) {
-        const [slot, page, iova, size] = [left[i]!, left[i + 1]!, left[i + 2]!, left[i + 3]!];
+        const page = left[i + 1]!;
         const desc = tableDescriptorLo(page);
-        if (this.isEmptyTable(page) && Atomics.compareExchange(this.mem.i32, 2 * slot, desc, 0) === desc) {
+        if (this.isEmptyTable(page) && Atomics.compareExchange(this.mem.i32, 2 * left[i]!, desc, 0) === desc) {
           gather.freeTables([page, this.tableBytes]);
-          ranges.push([iova, iova + size]);
+          ranges.push([left[i + 2]!, left[i + 2]! + left[i + 3]!]);
           freed = true;
-        } else kept.push(slot, page, iova, size);
+        } else kept.push(left[i]!, page, left[i + 2]!, left[i + 3]!);
       }
       left = kept;
     }
