@@ -14,8 +14,9 @@
  * that for the larger classes: 0.13% of it). A stack, unlike a list threaded through the free pages,
  * keeps the lock's critical section on hot cache lines: popping from a list read the page's first
  * word, which another core had often written last, and two threads allocating at once then ran at
- * half speed each (docs/performance.md). A page is zeroed when it is handed out (outside the lock),
- * so a new table starts with every descriptor invalid.
+ * half speed each (docs/performance.md). A page is zeroed when it is freed (outside the lock, before it
+ * goes on a stack; memory never handed out is zero already), so a new table starts with every
+ * descriptor invalid and handing one out is a pop. A page is only freed once nothing can reach it.
  *
  * Views are fixed-length typed arrays over the buffer's current length: on Node 20 a length-tracking
  * view of a growable buffer is ~10x slower to index. After any thread grows the buffer, a thread
@@ -166,15 +167,14 @@ export class TableMemory {
     } finally {
       this.unlock();
     }
-    const offset = unit * UNIT;
-    this.f64.fill(0, offset / 8, (offset + bytes) / 8);
-    return offset;
+    return unit * UNIT;
   }
 
-  /** Returns a page to its free list. The caller guarantees no walk can still reach it. */
+  /** Returns a page to its free list, zeroed. The caller guarantees no walk can still reach it. */
   free(offset: number, bytes: number): void {
     const cls = sizeClass(bytes);
     const unit = offset / UNIT;
+    this.f64.fill(0, offset / 8, (offset + bytes) / 8);
     this.lock();
     try {
       this.push(cls, unit);
