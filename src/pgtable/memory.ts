@@ -174,6 +174,9 @@ export class TableMemory {
   free(offset: number, bytes: number): void {
     const cls = sizeClass(bytes);
     const unit = offset / UNIT;
+    // Another thread may have grown the memory for this page: the views must reach it, or fill()
+    // would stop at their end and the page would go back with its old descriptors.
+    this.ensureMapped(offset + bytes);
     this.f64.fill(0, offset / 8, (offset + bytes) / 8);
     this.lock();
     try {

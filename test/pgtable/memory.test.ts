@@ -135,6 +135,21 @@ test('a second TableMemory on the same SharedArrayBuffer shares the allocator st
   t.is(a.limitBytes, b.limitBytes);
 });
 
+test('a page freed by a thread whose views end before it is zeroed all the same', (t) => {
+  const a = TableMemory.create(8 * 1024 * 1024);
+  const b = new TableMemory(a.sab, a.stacksSab);
+  const before = b.mappedBytes;
+  // a grows the memory past b's views and writes into its pages, as a table's descriptors.
+  const pages: number[] = [];
+  for (let i = 0; i < 8; i++) pages.push(a.alloc(65536));
+  const far = pages[pages.length - 1]!;
+  t.true(far >= before, 'the page lies beyond the views b made');
+  for (let i = 0; i < 65536 / 8; i++) a.f64[far / 8 + i] = i + 1;
+  b.free(far, 65536);
+  t.true(isZeroed(a, far, 65536), 'freed pages wait zeroed');
+  t.is(a.alloc(65536), far);
+});
+
 test('TableMemory.create refuses ceilings below 128 KiB or above 4 GiB', (t) => {
   for (const bytes of [0, 4096, 128 * 1024 - 1, 2 ** 32 + 4096]) {
     const err = t.throws(() => TableMemory.create(bytes), { instanceOf: IommuError });
