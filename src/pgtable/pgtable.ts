@@ -508,7 +508,10 @@ export class IoPgtable {
     this.mem.ensureMapped(log.intentEnd * 8);
     for (let s = log.intentFirst; s < log.intentEnd; s++) this.mem.f64[s] = 0;
     const { replaced } = log;
-    for (let i = 0; i < replaced.length; i += 4) this.mem.f64[replaced[i]!] = replaced[i + 1]!;
+    for (let i = 0; i < replaced.length; i += 4) {
+      this.mem.ensureMapped((replaced[i]! + 1) * 8);
+      this.mem.f64[replaced[i]!] = replaced[i + 1]!;
+    }
   }
 
   /**
@@ -554,6 +557,7 @@ export class IoPgtable {
   }
 
   private isEmptyTable(table: number): boolean {
+    this.mem.ensureMapped(table + this.tableBytes); // a worker may have grown the memory for it
     const i32 = this.mem.i32;
     const first = table / 8;
     const end = first + this.tableBytes / 8;
