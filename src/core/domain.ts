@@ -26,6 +26,7 @@ import type { TableBudget } from './budget.js';
 import type { TableSpec } from '../pool/tasks.js';
 import { checkProt } from './prot.js';
 import { sgView, type SgList, type SgView } from './sg.js';
+import { appendAll } from '../util/arrays.js';
 
 export interface DomainOptions {
   format?: FormatName;
@@ -413,7 +414,7 @@ export class Domain implements DomainTables {
       const installed: number[] = [];
       for (const log of logs) {
         this.pgtable.rollback(log);
-        installed.push(...log.installed);
+        appendAll(installed, log.installed);
       }
       if (failedAt > iova) {
         const gather = new Gather();
@@ -423,7 +424,7 @@ export class Domain implements DomainTables {
       }
       // Tables the call installed may be in use by another call in flight: then they are freed later.
       if (this.inflight <= 1) this.reclaim(installed);
-      else this.orphans.push(...installed);
+      else appendAll(this.orphans, installed);
       throw error;
     }
     const gather = new Gather();

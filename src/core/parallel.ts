@@ -33,6 +33,7 @@ import type { FaultSpec, MapChunk, MapPlan, MapTask, ScanResult, TableSpec } fro
 import { ChunkState, MAX_CHUNKS, MapCall } from './mapcall.js';
 import { MapError, type MapLoop } from './maploop.js';
 import { inSharedMemory, type SgView } from './sg.js';
+import { appendAll } from '../util/arrays.js';
 
 /**
  * When a call is worth the pool, and how finely to cut it. A helper wakes 0.1-0.3 ms after it is
@@ -330,7 +331,7 @@ export class ParallelEngine {
         failedAt = Math.min(failedAt, call.spanStart(c));
         continue;
       }
-      log.replacedPages.push(...d.pgtable.replacedPages(log));
+      appendAll(log.replacedPages, d.pgtable.replacedPages(log));
       if (call.errorOf(c, d.loop) !== MapError.None && d.loop.errorIova < failedAt) {
         failedAt = d.loop.errorIova;
         error = d.loop.toError();

@@ -6,6 +6,7 @@
  * exactly one sync. Freed table pages wait on the gather's free list until their walk-cache
  * invalidation has been issued, so no walk can reach a page after it is reused.
  */
+import { appendAll } from '../util/arrays.js';
 
 export type InvalidationCommand =
   /** Invalidate leaf translations in [iova, iova + size); `pgsize` is the leaf size (0 if mixed). */
@@ -121,8 +122,8 @@ export class Gather {
 
   static fromSnapshot(s: GatherSnapshot): Gather {
     const g = new Gather();
-    g.commands.push(...s.commands);
-    g.firsts.push(...s.firsts);
+    appendAll(g.commands, s.commands);
+    appendAll(g.firsts, s.firsts);
     g.start = s.start;
     g.end = s.end;
     g.pgsize = s.pgsize;

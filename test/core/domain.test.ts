@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import test from 'ava';
 import { Iommu, IommuError, Prot, SgTable, type Domain } from '../../src/index.js';
 import { rejectsWith, throwsWith } from '../helpers/errno.js';
@@ -888,4 +889,27 @@ test('tables.bytes counts whole table pages of each granule', async (t) => {
   await d16.free();
   await d64.free();
   t.deepEqual(iommu.stats().tables, { pages: 4, bytes: 4 * 4096 });
+});
+
+test('a failed map that had installed 32Ki tables and more is rolled back whole, on a main thread (EEXIST, every table freed)', (t) => {
+  // A real process: its main thread has a smaller stack than ava's worker, as a user's would.
+  const script = `
+    import { Iommu } from ${JSON.stringify(new URL('../../src/index.js', import.meta.url).href)};
+    const iommu = await Iommu.create({ workers: 0, tableMemoryBytes: 512 * 2 ** 20 });
+    const dom = iommu.allocDomain({ pgsizeBitmap: 0x1000 });
+    const size = 64 * 2 ** 30; // 16Mi 4K leaves in 32Ki last-level tables
+    await dom.map(size, 2 ** 40, 4096, 3); // the big map collides with this page at its end
+    const before = iommu.stats().tables.pages;
+    let code = 'none';
+    try { await dom.map(0, 2 ** 41, size + 4096, 3); } catch (e) { code = e.code ?? e.constructor.name; }
+    console.log(JSON.stringify({ code, before, after: iommu.stats().tables.pages, first: dom.iovaToPhys(0), last: dom.iovaToPhys(size) }));
+    await iommu.close();
+  `;
+  const out = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 100_000 });
+  t.is(out.status, 0, out.stderr);
+  const r = JSON.parse(out.stdout.trim()) as { code: string; before: number; after: number; first: number | null; last: number };
+  t.is(r.code, 'EEXIST');
+  t.is(r.after, r.before, 'every table the failed map installed is freed');
+  t.is(r.first, null);
+  t.is(r.last, 2 ** 40);
 });
