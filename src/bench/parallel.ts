@@ -443,12 +443,12 @@ async function bandwidth(ctx: BenchContext): Promise<void> {
   data.fill(1); // touch every page once, outside the timing
   let sink = 0;
   let gen = 0;
-  /**
-   * One pass over data: [0, split) on this thread, [split, len) on the worker (if split < len).
-   * Returns how much longer the slower of the two halves took than the faster (1 with one thread).
-   */
   /** The work of one pass of `op`: elements, pages or loads. */
   const totalOf = (op: number): number => (op === OP_ALLOC ? ALLOC_PAGES : op === OP_CHASE ? CHASE_STEPS : len);
+  /**
+   * One pass of `op`: [0, split) on this thread, [split, total) on the worker (if split < total).
+   * Returns how much longer the slower of the two parts took than the faster (1 with one thread).
+   */
   const pass = (op: number, split: number): number => {
     const done = Atomics.load(ctl, Ctl.Done);
     const total = totalOf(op);

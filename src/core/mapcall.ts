@@ -96,8 +96,7 @@ export class MapCall {
     const call = new MapCall(fit >= 0 ? spare.splice(fit, 1)[0]! : new SharedArrayBuffer(2 ** Math.ceil(Math.log2(words * 8))));
     const f = call.f64;
     // Only what is read before it is written: the header, the plan and the journals' headers
-    // (initJournal). A reused buffer is in the other thread's cache: zeroing all of it cost the
-    // caller more than the rest of the call's setup.
+    // (initJournal); journal entries are read only up to the counts there.
     f.fill(0, 0, PLAN_WORDS + chunks.length * P.Stride);
     call.i32[H.Chunks] = chunks.length;
     chunks.forEach((c, i) => {
