@@ -258,6 +258,18 @@ export class LeafEncoding {
   at(paddr: number): number {
     return this.offset + (paddr + TWO_52) * UNIT_A * this.unitB;
   }
+
+  /**
+   * Writes `n` leaves into `f64` from slot `slot` on, the k-th mapping `pairs[from + 2k]` (every
+   * other element: the physical addresses of [phys, length] pairs), each as at() computes it, with
+   * the fields read once (faster than at() per leaf: docs/performance.md).
+   */
+  writeEach(f64: Float64Array, slot: number, pairs: Float64Array, from: number, n: number): void {
+    const offset = this.offset;
+    const unitB = this.unitB;
+    const end = slot + n;
+    for (let s = slot, p = from; s < end; s++, p += 2) f64[s] = offset + (pairs[p]! + TWO_52) * UNIT_A * unitB;
+  }
 }
 
 const TWO_52 = 2 ** 52;

@@ -174,18 +174,25 @@ export class IoPgtable {
     const oasLimit = this.geo.oasLimit;
     const perSize = 1 / size;
     // Check every entry and slot before writing one, so the intent covers only slots known empty.
-    let n = 0;
-    for (let e = i; n < room; n++, e++) {
-      const phys = pairs[2 * e]!;
+    // The loop steps pair indices and slot words, and carries each entry's successor (read for the
+    // run check) into the next turn (docs/performance.md: faster than indexing by entry).
+    const lastNext = 2 * end - 2;
+    const pStop = 2 * (i + room);
+    let p = 2 * i;
+    let w = 2 * first;
+    let phys = pairs[p]!;
+    for (; p < pStop; p += 2, w += 2) {
       // Aligned: phys / size is whole (a multiply and a floor; `&` on a double above 2^31 is slow).
-      if (pairs[2 * e + 1] !== size || Math.floor(phys * perSize) * size !== phys || phys + size > oasLimit) break;
-      if (e + 1 < end && pairs[2 * e + 2] === phys + size) break; // e starts a longer run
-      if (i32[2 * (first + n)] !== 0) break;
+      if (pairs[p + 1] !== size || Math.floor(phys * perSize) * size !== phys || phys + size > oasLimit) break;
+      const next = p < lastNext ? pairs[p + 2]! : -1;
+      if (next === phys + size) break; // the entry starts a longer run
+      if (i32[w] !== 0) break;
+      phys = next;
     }
+    const n = (p - 2 * i) / 2;
     if (n === 0) return 0;
     log.intent(first, first + n);
-    const f64 = this.mem.f64;
-    for (let k = 0; k < n; k++) f64[first + k] = enc.at(pairs[2 * (i + k)]!);
+    enc.writeEach(this.mem.f64, first, pairs, 2 * i, n);
     log.wrote(n * size);
     return n;
   }
