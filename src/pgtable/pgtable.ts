@@ -148,10 +148,14 @@ export class IoPgtable {
     return MapStatus.Ok;
   }
 
-  /** The first slot in [first, end) that is not empty, or end. */
+  /**
+   * The first slot in [first, end) that is not empty, or end. Four slots a turn, one branch for all
+   * four (a contiguous map_sg: 1.9 -> 1.4 ns/page, docs/performance.md), then one at a time.
+   */
   private firstUsedSlot(first: number, end: number): number {
     const i32 = this.mem.i32;
     let s = first;
+    for (let w = 2 * s; s + 4 <= end; s += 4, w += 8) if ((i32[w]! | i32[w + 2]! | i32[w + 4]! | i32[w + 6]!) !== 0) break;
     while (s < end && i32[2 * s] === 0) s++;
     return s;
   }
@@ -441,10 +445,23 @@ export class IoPgtable {
     const f64 = this.mem.f64;
     let s = first;
     // Last level: every valid entry is a page, so one bit decides (the hot loop of every unmap:
-    // 2.0 -> 1.4 ns/page against the general test below).
+    // 2.0 -> 1.4 ns/page against the general test below). Four entries a turn, one branch for all
+    // four (1.4 -> 0.86 ns/page, docs/performance.md); each leaf is still removed by one store.
     if (level === this.geo.lastLevel) {
-      if (clear) while (s < limit && (i32[2 * s]! & PTE_VALID) !== 0) f64[s++] = 0;
-      else while (s < limit && (i32[2 * s]! & PTE_VALID) !== 0) s++;
+      let w = 2 * s;
+      if (clear) {
+        for (; s + 4 <= limit; s += 4, w += 8) {
+          if ((i32[w]! & i32[w + 2]! & i32[w + 4]! & i32[w + 6]! & PTE_VALID) === 0) break;
+          f64[s] = 0;
+          f64[s + 1] = 0;
+          f64[s + 2] = 0;
+          f64[s + 3] = 0;
+        }
+        while (s < limit && (i32[2 * s]! & PTE_VALID) !== 0) f64[s++] = 0;
+      } else {
+        for (; s + 4 <= limit; s += 4, w += 8) if ((i32[w]! & i32[w + 2]! & i32[w + 4]! & i32[w + 6]! & PTE_VALID) === 0) break;
+        while (s < limit && (i32[2 * s]! & PTE_VALID) !== 0) s++;
+      }
       return s;
     }
     while (s < limit) {
@@ -565,11 +582,9 @@ export class IoPgtable {
 
   private isEmptyTable(table: number): boolean {
     this.mem.ensureMapped(table + this.tableBytes); // a worker may have grown the memory for it
-    const i32 = this.mem.i32;
     const first = table / 8;
     const end = first + this.tableBytes / 8;
-    for (let s = first; s < end; s++) if (i32[2 * s] !== 0) return false;
-    return true;
+    return this.firstUsedSlot(first, end) === end;
   }
 
   /**

@@ -239,6 +239,30 @@ test('unmap: returns the bytes unmapped and stops at the first hole', async (t) 
   t.is(dom.iovaToPhys(0x10_0000 + 6 * K4), 0x60_1000);
 });
 
+test('the four-slot steps of map and unmap stop at the exact slot, wherever it falls (starts and holes at 0..9)', async (t) => {
+  // Slot checks and clears take four slots a turn, then one at a time: every offset of the start
+  // within a step, and of the slot in the way, must give what one slot at a time gives.
+  const { dom } = await setup(t);
+  const base = 0x4000_0000; // a 2 MiB-aligned last-level table of its own
+  for (let start = 0; start < 5; start++) {
+    for (let at = start; at < start + 10; at++) {
+      const lo = base + start * K4;
+      // map: a page already mapped at slot `at` makes a 16-page map from `start` fail, and leaves nothing.
+      await dom.map(base + at * K4, 0x7000_0000, K4, RW);
+      await rejectsWith(t, () => dom.map(lo, 0x8000_0000, 16 * K4, RW), 'EEXIST');
+      for (let p = start; p < start + 16; p++) t.is(dom.iovaToPhys(base + p * K4), p === at ? 0x7000_0000 : null, `map ${start}/${at}: page ${p}`);
+      t.is(await dom.unmap(base + at * K4, K4), K4);
+      // unmap: pages [start, start + 16) but a hole at `at` stop there, and keep what lies beyond.
+      await dom.map(lo, 0x8000_0000, 16 * K4, RW);
+      t.is(await dom.unmap(base + at * K4, K4), K4);
+      t.is(await dom.unmap(lo, 16 * K4), (at - start) * K4, `unmap ${start}/${at}`);
+      for (let p = at + 1; p < start + 16; p++) t.is(dom.iovaToPhys(base + p * K4), 0x8000_0000 + (p - start) * K4, `beyond the hole ${start}/${at}: page ${p}`);
+      t.is(await dom.unmap(base + (at + 1) * K4, (start + 15 - at) * K4), (start + 15 - at) * K4);
+      t.is(dom.iovaToPhys(lo), null);
+    }
+  }
+});
+
 test('unmap: a large leaf whose first byte is reached goes whole (result can exceed size)', async (t) => {
   const { dom } = await setup(t);
   await dom.map(0x4000_0000 - 2 * K4, 0x8000_0000 - 2 * K4, 2 * K4 + M2, RW);
