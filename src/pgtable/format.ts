@@ -260,6 +260,34 @@ export class LeafEncoding {
   }
 
   /**
+   * Writes the leaves mapping paddr, paddr + size, paddr + 2 * size, ... into f64[first, stop).
+   * Consecutive leaves differ by `size` in the address bits, so each is the one four slots before
+   * plus a constant: an exact add (the address never carries into the exponent). Four independent
+   * chains, not one: one chain waits for each add in turn (contiguous map_sg 1.35 -> 1.15 ns/page,
+   * docs/performance.md).
+   */
+  writeRun(f64: Float64Array, first: number, stop: number, paddr: number, size: number): void {
+    let d0 = this.at(paddr);
+    let d1 = this.at(paddr + size);
+    let d2 = this.at(paddr + 2 * size);
+    let d3 = this.at(paddr + 3 * size);
+    const step4 = this.at(paddr + 4 * size) - d0;
+    let s = first;
+    for (; s + 4 <= stop; s += 4) {
+      f64[s] = d0;
+      f64[s + 1] = d1;
+      f64[s + 2] = d2;
+      f64[s + 3] = d3;
+      d0 += step4;
+      d1 += step4;
+      d2 += step4;
+      d3 += step4;
+    }
+    const step = d1 - d0;
+    for (; s < stop; s++, d0 += step) f64[s] = d0;
+  }
+
+  /**
    * Writes `n` leaves into `f64` from slot `slot` on, the k-th mapping `pairs[from + 2k]` (every
    * other element: the physical addresses of [phys, length] pairs), each as at() computes it, with
    * the fields read once (faster than at() per leaf: docs/performance.md).

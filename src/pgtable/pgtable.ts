@@ -129,14 +129,7 @@ export class IoPgtable {
       }
       if (stop > first) {
         log.intent(first, stop);
-        const f64 = this.mem.f64;
-        // Consecutive leaves differ by `size` in the address bits: one exact add each.
-        let desc = enc.at(paddr);
-        const step = enc.at(paddr + size) - desc;
-        for (let s = first; s < stop; s++) {
-          f64[s] = desc;
-          desc += step;
-        }
+        enc.writeRun(this.mem.f64, first, stop, paddr, size);
         log.wrote((stop - first) * size);
       }
       if (stop < end) return MapStatus.Exists;

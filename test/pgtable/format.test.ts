@@ -107,6 +107,50 @@ test('LeafEncoding.at(paddr) equals the BigInt reference encoder for random prot
   );
 });
 
+test('LeafEncoding.writeRun and writeEach write exactly at() of each address (runs of 0-11 leaves, up to the top of the OAS)', (t) => {
+  const geos = FORMATS.flatMap((format) => GRANULES.map((granule) => new LpaeGeometry({ format, granule, ias: 48, oas: 48 })));
+  const arb = fc
+    .record({
+      geo: fc.constantFrom(...geos),
+      prot: fc.constantFrom(...ALL_VALID_PROTS),
+      levelPick: fc.nat(2),
+      count: fc.nat(11),
+      offset: fc.nat(5),
+      addr: fc.oneof(fc.bigInt({ min: 0n, max: (1n << 48n) - 1n }), fc.bigInt({ min: (1n << 48n) - (1n << 33n), max: (1n << 48n) - 1n })),
+    })
+    .map(({ geo, prot, levelPick, count, offset, addr }) => {
+      const levels = geo.granule === 4096 ? [1, 2, 3] : [2, 3];
+      const level = levels[levelPick % levels.length]!;
+      const size = geo.blockSize(level);
+      // The run's last leaf lies below 2^48.
+      const top = (1n << 48n) / BigInt(size) - BigInt(count);
+      const frame = (addr / BigInt(size)) % (top > 0n ? top : 1n);
+      return { geo, prot, level, size, count, offset, paddr: Number(frame) * size };
+    });
+  t.notThrows(() =>
+    fc.assert(
+      fc.property(arb, ({ geo, prot, level, size, count, offset, paddr }) => {
+        const enc = new LeafEncoding(geo, prot, level);
+        const f64 = new Float64Array(offset + count + 2).fill(-1);
+        enc.writeRun(f64, offset, offset + count, paddr, size);
+        const pairs = new Float64Array(2 * count);
+        for (let k = 0; k < count; k++) pairs[2 * k] = paddr + k * size;
+        const each = new Float64Array(count + 1).fill(-1);
+        enc.writeEach(each, 1, pairs, 0, count);
+        for (let k = 0; k < count; k++) {
+          const want = leafDescriptor(geo.stage2, prot, BigInt(paddr + k * size), level === 3);
+          if (bitsOf(f64[offset + k]!) !== want) throw new Error(`writeRun leaf ${k}: 0x${bitsOf(f64[offset + k]!).toString(16)}, want 0x${want.toString(16)}`);
+          if (bitsOf(each[1 + k]!) !== want) throw new Error(`writeEach leaf ${k}: 0x${bitsOf(each[1 + k]!).toString(16)}, want 0x${want.toString(16)}`);
+        }
+        // Nothing outside the range.
+        if (offset > 0 && f64[offset - 1] !== -1) throw new Error('writeRun wrote before first');
+        if (f64[offset + count] !== -1 || each[0] !== -1) throw new Error('wrote past the range');
+      }),
+      { numRuns: 3000 },
+    ),
+  );
+});
+
 test('leafProt decodes what the descriptor grants: stage 1 WRITE-only reads back READ|WRITE, stage 2 keeps WRITE-only', (t) => {
   for (const format of FORMATS) {
     for (const granule of GRANULES) {
