@@ -288,6 +288,28 @@ export class LeafEncoding {
   }
 
   /**
+   * Writes the leaves of the entries [from, to) of `pairs` ([phys, length] pairs, each length a
+   * whole number of leaves of `size`, each phys aligned to it) into `f64` from slot `slot` on, back
+   * to back; returns the slot after the last. An entry of one leaf is one at(); a longer one is a
+   * run (writeRun).
+   */
+  writeEntries(f64: Float64Array, slot: number, pairs: Float64Array, from: number, to: number, size: number): number {
+    const offset = this.offset;
+    const unitB = this.unitB;
+    let s = slot;
+    for (let p = 2 * from, pEnd = 2 * to; p < pEnd; p += 2) {
+      const length = pairs[p + 1]!;
+      if (length === size) f64[s++] = offset + (pairs[p]! + TWO_52) * UNIT_A * unitB;
+      else {
+        const stop = s + length / size;
+        this.writeRun(f64, s, stop, pairs[p]!, size);
+        s = stop;
+      }
+    }
+    return s;
+  }
+
+  /**
    * Writes `n` leaves into `f64` from slot `slot` on, the k-th mapping `pairs[from + 2k]` (every
    * other element: the physical addresses of [phys, length] pairs), each as at() computes it, with
    * the fields read once (faster than at() per leaf: docs/performance.md).

@@ -250,20 +250,9 @@ export class IoPgtable {
       e = k;
     }
     if (leaves === 0) return 0;
-    // Pass 2: write them, entry by entry (consecutive leaves of an entry differ by `size`).
+    // Pass 2: write them, entry by entry.
     log.intent(first, first + leaves);
-    const f64 = this.mem.f64;
-    let s = first;
-    for (let k = i; k < e; k++) {
-      const paddr = pairs[2 * k]!;
-      const stop = s + pairs[2 * k + 1]! * perSize;
-      f64[s++] = enc.at(paddr);
-      if (s < stop) {
-        let desc = enc.at(paddr + size);
-        const step = desc - f64[s - 1]!;
-        for (; s < stop; s++, desc += step) f64[s] = desc;
-      }
-    }
+    enc.writeEntries(this.mem.f64, first, pairs, i, e, size);
     log.wrote(leaves * size);
     this.shortRunBytes = leaves * size;
     return e - i;

@@ -107,7 +107,7 @@ test('LeafEncoding.at(paddr) equals the BigInt reference encoder for random prot
   );
 });
 
-test('LeafEncoding.writeRun and writeEach write exactly at() of each address (runs of 0-11 leaves, up to the top of the OAS)', (t) => {
+test('LeafEncoding.writeRun, writeEach and writeEntries write exactly at() of each address (runs of 0-11 leaves, up to the top of the OAS)', (t) => {
   const geos = FORMATS.flatMap((format) => GRANULES.map((granule) => new LpaeGeometry({ format, granule, ias: 48, oas: 48 })));
   const arb = fc
     .record({
@@ -137,14 +137,21 @@ test('LeafEncoding.writeRun and writeEach write exactly at() of each address (ru
         for (let k = 0; k < count; k++) pairs[2 * k] = paddr + k * size;
         const each = new Float64Array(count + 1).fill(-1);
         enc.writeEach(each, 1, pairs, 0, count);
+        // The same leaves as entries of 1-3 leaves each (writeEntries), cut where offset says.
+        const cut: number[] = [];
+        for (let k = 0; k < count; k += 1 + ((k + offset) % 3)) cut.push(paddr + k * size, Math.min(1 + ((k + offset) % 3), count - k) * size);
+        const entries = new Float64Array(count + 1).fill(-1);
+        const after = enc.writeEntries(entries, 1, new Float64Array(cut), 0, cut.length / 2, size);
+        if (after !== 1 + count) throw new Error(`writeEntries returned ${after}, want ${1 + count}`);
         for (let k = 0; k < count; k++) {
           const want = leafDescriptor(geo.stage2, prot, BigInt(paddr + k * size), level === 3);
           if (bitsOf(f64[offset + k]!) !== want) throw new Error(`writeRun leaf ${k}: 0x${bitsOf(f64[offset + k]!).toString(16)}, want 0x${want.toString(16)}`);
           if (bitsOf(each[1 + k]!) !== want) throw new Error(`writeEach leaf ${k}: 0x${bitsOf(each[1 + k]!).toString(16)}, want 0x${want.toString(16)}`);
+          if (bitsOf(entries[1 + k]!) !== want) throw new Error(`writeEntries leaf ${k}: 0x${bitsOf(entries[1 + k]!).toString(16)}, want 0x${want.toString(16)}`);
         }
         // Nothing outside the range.
         if (offset > 0 && f64[offset - 1] !== -1) throw new Error('writeRun wrote before first');
-        if (f64[offset + count] !== -1 || each[0] !== -1) throw new Error('wrote past the range');
+        if (f64[offset + count] !== -1 || each[0] !== -1 || entries[0] !== -1) throw new Error('wrote past the range');
       }),
       { numRuns: 3000 },
     ),
