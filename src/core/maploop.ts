@@ -20,11 +20,12 @@ const SHORT_RUN_PAGES = 32;
 
 /**
  * The inline cost model, for the decision to hand a map to the pool (ParallelEngine.mapWorthIt).
- * Measured on one thread (docs/performance.md): a 4K leaf of a long run ~2 ns, a short run ~3 ns over
- * its leaves (single pages: 5 ns each), a long run ~100 ns of its own (checks, page sizes, the walk).
+ * Measured on one thread (docs/performance.md, 2026-12-04): a 4K leaf of a long run ~1.1 ns, a short
+ * run ~2.9 ns over its leaves (single pages: 4.0 ns each; runs of 2-32 pages cost more, 6-7 ns a page,
+ * so the model errs towards inline there), a long run ~100 ns of its own (checks, sizes, the walk).
  */
-const PAGE_NS = 2;
-const SHORT_RUN_NS = 3;
+const PAGE_NS = 1.1;
+const SHORT_RUN_NS = 2.9;
 const LONG_RUN_NS = 100;
 
 export const enum MapError {

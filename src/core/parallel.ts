@@ -44,13 +44,13 @@ import { appendAll } from '../util/arrays.js';
 export const PARALLEL_MIN_PAGES = 65536;
 /**
  * With callerRuns, a map goes to the pool only when its estimated inline time (MapLoop.estimateNs)
- * reaches this. Measured on this 2-vCPU machine (docs/performance.md), before standby helpers: a call
- * paid ~0.2 ms before the caller maps (plan, call buffer, piscina's dispatch) and its helper started
- * 0.1-0.2 ms after it was asked, so scattered lists of 64Ki pages (0.4 ms inline) ran at 0.99x and
- * of 128Ki (0.9 ms) at 1.5x; contiguous lists at 0.94x for 256Ki pages (0.43 ms) and 1.10x for 512Ki
- * (0.88 ms). With standby helpers a threshold of 0.5 ms was measured and not kept (performance.md).
+ * reaches this. Measured on this 2-vCPU machine (docs/performance.md, 2026-12-04), a warm helper,
+ * inline against workers 2 in one process: contiguous lists of 384Ki pages (0.4 ms inline) at
+ * 0.83-1.23x, of 512Ki (0.53 ms) at 1.23-1.39x; scattered lists of 128Ki pages (0.52 ms) at
+ * 1.41-1.58x. Below ~0.4 ms the call's fixed costs (~0.15 ms before the caller maps, the end) eat
+ * what the second thread saves.
  */
-const MIN_POOL_WORK_NS = 600_000;
+const MIN_POOL_WORK_NS = 500_000;
 export const MIN_CHUNK_PAGES = 16384;
 /**
  * Chunks are claimed, not assigned, so more of them balance a helper that wakes late (0.1-0.2 ms
