@@ -14,11 +14,15 @@ import { TableMemory } from '../src/pgtable/memory.js';
 import { IoPgtable, WalkMode } from '../src/pgtable/pgtable.js';
 import type { PoolData } from '../src/pool/pool.js';
 import { serveStandby } from '../src/pool/standby.js';
+import { warmUp } from '../src/pool/warmup.js';
 import type { ChunkTask, FaultSpec, ScanResult, TableSpec } from '../src/pool/tasks.js';
 
 const data = workerData as PoolData;
 const memory = new TableMemory(data.memory, data.freeStacks);
 const accounts = new TableAccounts(data.accounts);
+
+// Before the first task: the map paths optimized on memory of this worker's own (src/pool/warmup.ts).
+warmUp(threadId);
 
 /** Walkers by domain, rebuilt only when a new domain (or a reused root) shows up. */
 const loops = new Map<string, MapLoop>();
