@@ -73,20 +73,26 @@ test('every leaf descriptor written by map equals the reference encoder (all pro
   }
 });
 
+/** Every format and granule, 48-bit. */
+const GEOS = FORMATS.flatMap((format) => GRANULES.map((granule) => new LpaeGeometry({ format, granule, ias: 48, oas: 48 })));
+
+/** A level that holds leaves, picked by `pick`: 4K granule 1 (1G), 2 (2M), 3 (4K); others 2 and 3. */
+function leafLevel(geo: LpaeGeometry, pick: number): number {
+  const levels = geo.granule === 4096 ? [1, 2, 3] : [2, 3];
+  return levels[pick % levels.length]!;
+}
+
 test('LeafEncoding.at(paddr) equals the BigInt reference encoder for random prot, level, paddr', (t) => {
-  const geos = FORMATS.flatMap((format) => GRANULES.map((granule) => new LpaeGeometry({ format, granule, ias: 48, oas: 48 })));
   const arb = fc
     .record({
-      geo: fc.constantFrom(...geos),
+      geo: fc.constantFrom(...GEOS),
       prot: fc.constantFrom(...ALL_VALID_PROTS),
       levelPick: fc.nat(2),
       // A random address below 2^48; it is aligned down to the leaf size below.
       addr: fc.bigInt({ min: 0n, max: (1n << 48n) - 1n }),
     })
     .map(({ geo, prot, levelPick, addr }) => {
-      // Levels that hold leaves: 4K granule: 1 (1G), 2 (2M), 3 (4K); others: 2 and 3.
-      const levels = geo.granule === 4096 ? [1, 2, 3] : [2, 3];
-      const level = levels[levelPick % levels.length]!;
+      const level = leafLevel(geo, levelPick);
       const size = BigInt(geo.blockSize(level));
       return { geo, prot, level, paddr: (addr / size) * size };
     });
@@ -108,10 +114,9 @@ test('LeafEncoding.at(paddr) equals the BigInt reference encoder for random prot
 });
 
 test('LeafEncoding.writeRun, writeEach and writeEntries write exactly at() of each address (runs of 0-11 leaves, up to the top of the OAS)', (t) => {
-  const geos = FORMATS.flatMap((format) => GRANULES.map((granule) => new LpaeGeometry({ format, granule, ias: 48, oas: 48 })));
   const arb = fc
     .record({
-      geo: fc.constantFrom(...geos),
+      geo: fc.constantFrom(...GEOS),
       prot: fc.constantFrom(...ALL_VALID_PROTS),
       levelPick: fc.nat(2),
       count: fc.nat(11),
@@ -119,8 +124,7 @@ test('LeafEncoding.writeRun, writeEach and writeEntries write exactly at() of ea
       addr: fc.oneof(fc.bigInt({ min: 0n, max: (1n << 48n) - 1n }), fc.bigInt({ min: (1n << 48n) - (1n << 33n), max: (1n << 48n) - 1n })),
     })
     .map(({ geo, prot, levelPick, count, offset, addr }) => {
-      const levels = geo.granule === 4096 ? [1, 2, 3] : [2, 3];
-      const level = levels[levelPick % levels.length]!;
+      const level = leafLevel(geo, levelPick);
       const size = geo.blockSize(level);
       // The run's last leaf lies below 2^48.
       const top = (1n << 48n) / BigInt(size) - BigInt(count);
