@@ -263,7 +263,7 @@ export class LeafEncoding {
    * Writes the leaves mapping paddr, paddr + size, paddr + 2 * size, ... into f64[first, stop).
    * Consecutive leaves differ by `size` in the address bits, so each is the one four slots before
    * plus a constant: an exact add (the address never carries into the exponent). Four independent
-   * chains, not one: one chain waits for each add in turn (contiguous map_sg 1.35 -> 1.15 ns/page,
+   * chains, not one: one chain waits for each add in turn (contiguous map_sg 1.37 -> 1.10 ns/page,
    * docs/performance.md).
    */
   writeRun(f64: Float64Array, first: number, stop: number, paddr: number, size: number): void {

@@ -24,6 +24,7 @@ const CHUNKS = 4;
 const ROUNDS = 6;
 const IOVA = 2 ** 32;
 const READ_WRITE = 3;
+const JOURNAL_CAPS = Array.from({ length: CHUNKS }, () => [32, 0] as const);
 
 /**
  * Warms the map and unmap paths on a private domain. Returns the bytes it mapped (so that a test
@@ -39,10 +40,9 @@ export function warmUp(threadId: number): number {
   for (let round = 0; round < ROUNDS; round++) {
     for (const { sg, chunks } of lists) {
       const { pairs, index } = sgView(sg);
-      const call = MapCall.create(
-        chunks,
-        chunks.map(() => [8, 0] as const),
-      );
+      // Room for every table a chunk installs (32 MiB of IOVA: 16 leaf tables and two above), as a
+      // real chunk's journal has: a full journal would warm the overflow path instead.
+      const call = MapCall.create(chunks, JOURNAL_CAPS);
       call.runClaimed(loop, pairs, index.breaks, READ_WRITE, 0, threadId, null);
       for (let c = 0; c < chunks.length; c++) if (call.log(c).written !== chunks[c]!.spanEnd - chunks[c]!.spanStart) throw new Error('internal: warm-up map failed');
       mapped += index.bytes;
