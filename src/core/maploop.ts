@@ -281,7 +281,12 @@ export class MapLoop {
 function runEnd(pairs: Float64Array, breaks: Int32Array, i: number, n: number, end: number): number {
   while (i < n) {
     if ((i & (BLOCK - 1)) === 0 && i + BLOCK <= n && breaks[i >> BLOCK_SHIFT] === -1) {
-      i += BLOCK;
+      // So do the blocks after it that are alike, up to n: only the last one's last entry is read
+      // (reading one per block was a cache miss per 64 entries of a long run).
+      const full = n >> BLOCK_SHIFT;
+      let b = (i >> BLOCK_SHIFT) + 1;
+      while (b < full && breaks[b] === -1) b++;
+      i = b << BLOCK_SHIFT;
       end = pairs[2 * i - 2]! + pairs[2 * i - 1]!;
       continue;
     }
