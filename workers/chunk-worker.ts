@@ -22,7 +22,13 @@ const memory = new TableMemory(data.memory, data.freeStacks);
 const accounts = new TableAccounts(data.accounts);
 
 // Before the first task: the map paths optimized on memory of this worker's own (src/pool/warmup.ts).
-warmUp(threadId);
+// Only speed depends on it: a warm-up that failed (it cannot, short of a bug its test would catch)
+// leaves the worker serving tasks, as a cold one.
+try {
+  warmUp(threadId);
+} catch {
+  // cold, then
+}
 
 /** Walkers by domain, rebuilt only when a new domain (or a reused root) shows up. */
 const loops = new Map<string, MapLoop>();
