@@ -256,7 +256,7 @@ export class LeafEncoding {
    * fast even when its result is subnormal.
    */
   at(paddr: number): number {
-    return this.offset + (paddr + TWO_52) * UNIT_A * this.unitB;
+    return encode(this.offset, this.unitB, paddr);
   }
 
   /**
@@ -299,7 +299,7 @@ export class LeafEncoding {
     let s = slot;
     for (let p = 2 * from, pEnd = 2 * to; p < pEnd; p += 2) {
       const length = pairs[p + 1]!;
-      if (length === size) f64[s++] = offset + (pairs[p]! + TWO_52) * UNIT_A * unitB;
+      if (length === size) f64[s++] = encode(offset, unitB, pairs[p]!);
       else {
         const stop = s + length / size;
         this.writeRun(f64, s, stop, pairs[p]!, size);
@@ -318,13 +318,18 @@ export class LeafEncoding {
     const offset = this.offset;
     const unitB = this.unitB;
     const end = slot + n;
-    for (let s = slot, p = from; s < end; s++, p += 2) f64[s] = offset + (pairs[p]! + TWO_52) * UNIT_A * unitB;
+    for (let s = slot, p = from; s < end; s++, p += 2) f64[s] = encode(offset, unitB, pairs[p]!);
   }
 }
 
 const TWO_52 = 2 ** 52;
 /** 2^-537: with unitB, two normal factors of a binade's unit (at least 2^-1074, itself subnormal). */
 const UNIT_A = 2 ** -537;
+
+/** The descriptor arithmetic of LeafEncoding.at (see there), for its callers that read the fields once. */
+function encode(offset: number, unitB: number, paddr: number): number {
+  return offset + (paddr + TWO_52) * UNIT_A * unitB;
+}
 
 function s1Attrs(prot: number, dirtyTracking: boolean): [number, number] {
   let lo = S1_NG | PTE_AF;

@@ -217,7 +217,6 @@ export class IoPgtable {
     if (first < 0) return 0;
     const size = this.geo.blockSize(level);
     const room = this.runRoom;
-    const i32 = this.mem.i32;
     const oasLimit = this.geo.oasLimit;
     const perSize = 1 / size;
     // Pass 1: whole runs that qualify, and whose slots are all empty, so the intent covers only slots
@@ -242,10 +241,8 @@ export class IoPgtable {
       if (k < end && pairs[2 * k] === paddr + len) break;
       if (k > limit || len > cap || paddr + len > oasLimit) break;
       const n = len * perSize;
-      let s = first + leaves;
-      const stop = s + n;
-      while (s < stop && i32[2 * s] === 0) s++;
-      if (s < stop) break;
+      const stop = first + leaves + n;
+      if (this.firstUsedSlot(first + leaves, stop) < stop) break;
       leaves += n;
       e = k;
     }

@@ -9,6 +9,7 @@
  */
 import { MapCall } from '../core/mapcall.js';
 import { MapLoop } from '../core/maploop.js';
+import { Prot } from '../core/prot.js';
 import { SgTable, sgView } from '../core/sg.js';
 import { Gather } from '../iotlb/gather.js';
 import { NO_BUDGET, TableAccounts, TableOwner } from '../pgtable/account.js';
@@ -23,7 +24,7 @@ const PAGES = 32768;
 const CHUNKS = 4;
 const ROUNDS = 6;
 const IOVA = 2 ** 32;
-const READ_WRITE = 3;
+const READ_WRITE = Prot.READ | Prot.WRITE;
 const JOURNAL_CAPS = Array.from({ length: CHUNKS }, () => [32, 0] as const);
 
 /**
@@ -56,15 +57,14 @@ export function warmUp(threadId: number): number {
 
 /** Chunks of equal entry counts that split no run (entries [first, end) at IOVA offset = bytes before). */
 function byEntries(sg: SgTable, perRun: number): { sg: SgTable; chunks: MapChunk[] } {
-  const n = sg.length;
-  const per = n / CHUNKS;
+  const per = sg.length / CHUNKS;
+  if (per % perRun !== 0) throw new Error('internal: warm-up chunks would split a run');
   const chunks: MapChunk[] = [];
   for (let c = 0; c < CHUNKS; c++) {
     const first = c * per;
     const end = first + per;
     chunks.push({ first, end, spanStart: IOVA + first * PAGE, spanEnd: IOVA + end * PAGE, head: null, tail: null });
   }
-  if (per % perRun !== 0) throw new Error('internal: warm-up chunks would split a run');
   return { sg, chunks };
 }
 
