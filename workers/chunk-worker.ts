@@ -29,6 +29,10 @@ try {
 } catch {
   // cold, then
 }
+// Started: the main thread hands big calls to the pool only once every worker is (ChunkPool.ready).
+const started = new Int32Array(data.started);
+Atomics.add(started, 0, 1);
+Atomics.notify(started, 0);
 
 /** Walkers by domain, rebuilt only when a new domain (or a reused root) shows up. */
 const loops = new Map<string, MapLoop>();

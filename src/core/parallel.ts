@@ -135,11 +135,24 @@ export class ParallelEngine {
   /**
    * Whether a big map whose inline time is estimated at `inlineNs` (MapLoop.estimateNs) goes to the
    * pool. Without callerRuns (the daemon) every big call does, to keep the caller's event loop free;
-   * with it, only calls long enough for parallelism to pay.
+   * with it, only calls long enough for parallelism to pay, once the pool's workers have started.
+   * Before that a helper would take its job only when its worker is up, 0.15-0.3 s after the Iommu
+   * was made: the caller mapped every chunk alone, paying the call's fixed costs on top, and calls
+   * ran 1.5-10x slower than inline (docs/performance.md).
    */
   mapWorthIt(inlineNs: number): boolean {
     if (!this.callerRuns || this.bySizeOnly) return true;
-    return inlineNs >= MIN_POOL_WORK_NS;
+    return inlineNs >= MIN_POOL_WORK_NS && this.pool.ready;
+  }
+
+  /** Whether every worker of the pool has started (ChunkPool.ready). */
+  get ready(): boolean {
+    return this.pool.ready;
+  }
+
+  /** Resolves once every worker of the pool has started: from then on big calls can use it. */
+  whenReady(): Promise<void> {
+    return this.pool.whenReady();
   }
 
   /**

@@ -28,6 +28,8 @@ export interface PoolData {
   /** Its free stacks (TableMemory.stacksSab). */
   freeStacks: SharedArrayBuffer;
   accounts: SharedArrayBuffer;
+  /** Int32 [0]: workers that have started and warmed up (each adds one, then notifies). */
+  started: SharedArrayBuffer;
 }
 
 const WORKER_URL = new URL('../../workers/chunk-worker-loader.cjs', import.meta.url);
@@ -45,6 +47,8 @@ export class ChunkPool {
   private readonly inflight = new Set<Promise<unknown>>();
   /** Helpers kept awake between calls, started on first use (standby.ts). */
   private readonly standbys: StandbyHelper[] = [];
+  /** PoolData.started, here. */
+  private readonly started = new Int32Array(new SharedArrayBuffer(4));
 
   constructor(
     threads: number,
@@ -57,10 +61,28 @@ export class ChunkPool {
       minThreads: threads,
       maxThreads: threads,
       idleTimeout: Infinity,
-      workerData: { memory: memory.sab, freeStacks: memory.stacksSab, accounts: accounts.sab } satisfies PoolData,
+      workerData: { memory: memory.sab, freeStacks: memory.stacksSab, accounts: accounts.sab, started: this.started.buffer as SharedArrayBuffer } satisfies PoolData,
       // Each worker runs one synchronous chunk at a time; more in flight would only queue there.
       concurrentTasksPerWorker: 1,
     });
+  }
+
+  /**
+   * Whether every worker has started: loaded, and warmed up its map code (src/pool/warmup.ts). That
+   * takes 0.15-0.3 s after the pool is made on the 2-vCPU machine (docs/performance.md); a task or
+   * standby job given a worker before then waits for it. (A worker that replaces a dead one counts
+   * again, so after a death this stays true while the new worker starts.)
+   */
+  get ready(): boolean {
+    return Atomics.load(this.started, 0) >= this.threads;
+  }
+
+  /** Resolves once `ready`. */
+  async whenReady(): Promise<void> {
+    for (let n = Atomics.load(this.started, 0); n < this.threads; n = Atomics.load(this.started, 0)) {
+      const wait = Atomics.waitAsync(this.started, 0, n);
+      if (wait.async) await wait.value;
+    }
   }
 
   /**

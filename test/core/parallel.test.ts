@@ -324,6 +324,8 @@ test.serial('with callerRuns, a map goes to the pool only when its estimated wor
     await worth.close();
     await offload.close();
   });
+  // Until then even a call worth it runs inline (the next test).
+  await worth.parallel!.whenReady();
   const iova = 2 ** 33;
   // A 2M-aligned list of runs of 512 pages, each physically 2M-aligned: 2M blocks on the default sizes.
   const blockRuns = (runs: number) => Array.from({ length: runs * 512 }, (_, i) => ({ phys: 2 ** 37 + Math.floor(i / 512) * 2 * M2 + (i % 512) * K4, length: K4 }));
@@ -353,6 +355,32 @@ test.serial('with callerRuns, a map goes to the pool only when its estimated wor
   }
 });
 
+test.serial('with callerRuns, a big map runs inline until every worker of the pool has started, then on the pool', async (t) => {
+  t.timeout(120_000);
+  const iova = 2 ** 33;
+  const phys = 2 ** 36;
+  const list = bigList('c', contiguousSegs(1 << 20, K4, phys)); // ~1.15 ms inline: worth the pool
+  // Every 4,099th page (a prime: every slot of a leaf table comes up), and the last one.
+  const sample = [...Array.from({ length: 256 }, (_, i) => i * 4099), (1 << 20) - 1];
+  const mappedRight = (dom: Domain): boolean => sample.every((p) => dom.iovaToPhys(iova + p * K4 + 5) === phys + p * K4 + 5);
+  const iommu = await Iommu.create({ workers: 2 });
+  t.teardown(() => iommu.close());
+  const par = iommu.parallel!;
+  // A worker loads the engine and warms it up, 0.1 s and more of its own time: it cannot be done yet.
+  t.false(par.ready, 'no worker has started as create() resolves');
+  const dom = iommu.allocDomain({ pgsizeBitmap: 0x1000 });
+  const early = await tasksOf(iommu, () => dom.mapSg(iova, list.table, RW));
+  t.false(par.ready, 'the workers were still starting when the call (~1 ms) returned');
+  t.deepEqual(early, {}, 'so it ran inline, with no task or job for the pool');
+  t.true(mappedRight(dom));
+  await dom.unmapSg(iova, list.table);
+  await par.whenReady();
+  t.true(par.ready);
+  const later = await tasksOf(iommu, () => dom.mapSg(iova, list.table, RW));
+  t.is(later.map, 1, `once they have, the same call goes to the pool: ${JSON.stringify(later)}`);
+  t.true(mappedRight(dom));
+});
+
 test.serial('close() right after parallel calls on several domains resolves, and later calls are ENODEV', async (t) => {
   t.timeout(120_000);
   // With callerRuns a call returns once every chunk is done, possibly before its helper's task has
@@ -361,6 +389,7 @@ test.serial('close() right after parallel calls on several domains resolves, and
   const list = bigList('s', scatteredSegs(1 << 17, K4, 0xc105e));
   for (let round = 0; round < 12; round++) {
     const iommu = await Iommu.create({ workers: 1 + (round % 2), tableMemoryBytes: 2 ** 27 });
+    await iommu.parallel!.whenReady(); // till then they would run inline
     const doms = [0, 1, 2].map(() => iommu.allocDomain({ pgsizeBitmap: 0x1000 }));
     // Calls at once on three domains: their helpers queue behind one another in piscina.
     const tasks = await tasksOf(iommu, () => Promise.all(doms.map((d) => d.mapSg(G1, list.table, RW))));

@@ -96,6 +96,7 @@ test('a process whose Iommu is never closed exits once its calls are done', (t) 
   const script = `
     import { Iommu, SgTable } from ${JSON.stringify(new URL('../../src/index.js', import.meta.url).href)};
     const iommu = await Iommu.create({ workers: 2 });
+    await iommu.parallel.whenReady(); // till then big calls run inline
     const dom = iommu.allocDomain();
     const sg = new SgTable(1 << 20);
     for (let i = 0; i < 1 << 20; i++) sg.push(2 ** 36 + 2 * i * 4096, 4096);

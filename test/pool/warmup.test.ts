@@ -36,7 +36,7 @@ test('the loader exports what piscina awaits before it reports a worker ready: t
   // piscina require()s the task file; an export that is not a function it replaces by the export
   // named "default", awaited, before the worker reports ready and parks waiting for tasks.
   const memory = TableMemory.create(2 ** 20);
-  const data: PoolData = { memory: memory.sab, freeStacks: memory.stacksSab, accounts: TableAccounts.create().sab };
+  const data: PoolData = { memory: memory.sab, freeStacks: memory.stacksSab, accounts: TableAccounts.create().sab, started: new SharedArrayBuffer(4) };
   const loader = new URL('../../workers/chunk-worker-loader.cjs', import.meta.url).pathname;
   const script = `
     const { parentPort } = require('node:worker_threads');
