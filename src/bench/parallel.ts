@@ -107,6 +107,8 @@ export function parNames(key: string, w: number) {
     mapNew: `map_sg ${key}, workers ${w}, new tables`,
     mapPresent: `map_sg ${key}, workers ${w}, tables present`,
     unmap: `unmap_sg ${key}, workers ${w}`,
+    threadSkew: `map_sg ${key}, workers ${w}, tables present: the slower thread's time per page / the faster's, inside the call`,
+    threadCeiling: `map_sg ${key}, workers ${w}, tables present: best speed-up those two threads allow (1 + faster / slower)`,
   };
 }
 
@@ -139,6 +141,7 @@ async function sgRound(iommu: Iommu, c: ParCase, t: Timer | null, names: ReturnT
   for (const mapName of [names.mapNew, names.mapPresent]) {
     const mapped = await time(mapName, () => dom.mapSg(IOVA_BASE, c.sg, PROT));
     if (mapped !== bytes) fail(`${mapName} returned ${mapped}`);
+    if (t && mapName === names.mapPresent) recordThreadSkew(iommu, t, names.threadSkew);
     verifyMapped(dom, IOVA_BASE, c.phys);
     verifyLeaf(dom, c);
     const unmapped = await time(names.unmap, () => dom.unmapSg(IOVA_BASE, c.sg));
@@ -146,6 +149,20 @@ async function sgRound(iommu: Iommu, c: ParCase, t: Timer | null, names: ReturnT
     verifyUnmapped(dom, IOVA_BASE, c.pages);
   }
   await dom.free();
+}
+
+/**
+ * How much slower one thread of the pool's last map call mapped than the other, per page, measured
+ * inside that call (ParallelEngine.lastProfile): a host whose two vCPUs run unequally bounds the
+ * speed-up at 1 + faster / slower, whatever the engine does. Nothing is recorded for a call that one
+ * thread mapped alone.
+ */
+function recordThreadSkew(iommu: Iommu, t: Timer, name: string): void {
+  const profile = iommu.parallel?.lastProfile;
+  if (iommu.parallel) iommu.parallel.lastProfile = null;
+  if (!profile || profile.length < 2) return;
+  const msPerByte = profile.map((p) => p.busyMs / p.bytes);
+  t.record(name, 1, Math.max(...msPerByte) / Math.min(...msPerByte), 'x');
 }
 
 /** map() / unmap() of 4 GiB of one physical run in one call each, 4K-only. */
@@ -535,6 +552,7 @@ export const parallelSuite: Suite = {
     for (const w of WORKER_COUNTS) iommus.set(w, await Iommu.create({ workers: w, tableMemoryBytes: TABLE_MEMORY }));
     // Until its workers have started, a pool's Iommu maps inline: what is timed here is the pool.
     for (const i of iommus.values()) await i.parallel?.whenReady();
+    for (const i of iommus.values()) if (i.parallel) i.parallel.profiling = true;
     const iommu = (w: number): Iommu => iommus.get(w)!;
 
     const sgSelected = cases.filter((c) => WORKER_COUNTS.some((w) => ctx.selected(c.key, `workers ${w}`)));
@@ -579,6 +597,12 @@ export const parallelSuite: Suite = {
 
     // --- speed-ups and targets, from this run -----------------------------------------------------------
     for (const c of cases) speedups(ctx, 'speed-ups', c.key, (w) => parNames(c.key, w), c.pages);
+    for (const c of cases) {
+      for (const w of WORKER_COUNTS.slice(1)) {
+        const n = parNames(c.key, w);
+        ctx.derived('speed-ups', n.threadCeiling, 'x', n.threadSkew, (skew) => 1 + 1 / skew, `from (${n.threadSkew}), per repetition`);
+      }
+    }
     speedups(ctx, 'speed-ups', `map()/unmap() ${bigKey}`, bigNames, BIG_PAGES);
     for (const c of TINY_CASES) {
       const name = tinyRatioName(c);

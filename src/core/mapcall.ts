@@ -175,6 +175,7 @@ export class MapCall {
       const off = f[p + P.Journal]!;
       f[off + J.ThreadId] = threadId;
       f[off + J.State] = ChunkState.Claimed;
+      f[off + J.Started] = performance.now();
       const log = new MapLog(f[p + P.SpanStart]!, f, off);
       if (fault && (fault.chunk === c || (fault.chunk < 0 && mapped === 0))) {
         log.faultAfter = fault.afterBytes;
@@ -201,6 +202,7 @@ export class MapCall {
         f[off + J.ErrorPaddr] = loop.errorPaddr;
         f[off + J.ErrorSize] = loop.errorSize;
       }
+      f[off + J.Finished] = performance.now();
       f[off + J.State] = ChunkState.Done;
       if (Atomics.add(this.i32, H.Done, 1) === chunks - 1) Atomics.notify(this.i32, H.Done);
       mapped++;
@@ -249,6 +251,27 @@ export class MapCall {
     return true;
   }
 
+  /**
+   * How long each thread spent mapping its chunks, and how many bytes of IOVA they spanned: one entry
+   * per thread that finished a chunk, in order of first appearance. Each thread's times are its own
+   * clock's, so only durations are compared.
+   */
+  profile(): ThreadProfile[] {
+    const f = this.f64;
+    const byThread = new Map<number, ThreadProfile>();
+    for (let c = 0; c < this.chunks; c++) {
+      const off = this.journalOffset(c);
+      if (f[off + J.State] !== ChunkState.Done) continue;
+      const threadId = f[off + J.ThreadId]!;
+      let t = byThread.get(threadId);
+      if (!t) byThread.set(threadId, (t = { threadId, chunks: 0, bytes: 0, busyMs: 0 }));
+      t.chunks++;
+      t.bytes += this.spanEnd(c) - this.spanStart(c);
+      t.busyMs += f[off + J.Finished]! - f[off + J.Started]!;
+    }
+    return [...byThread.values()];
+  }
+
   /** The chunk's undo log, as its journal has it (for a Done chunk, the whole log but freed pages). */
   log(chunk: number): MapLog {
     return MapLog.fromJournal(this.f64, this.journalOffset(chunk)).log;
@@ -264,6 +287,16 @@ export class MapCall {
     loop.errorSize = f[off + J.ErrorSize]!;
     return loop.error;
   }
+}
+
+/** One thread's part in a parallel map (MapCall.profile). */
+export interface ThreadProfile {
+  threadId: number;
+  chunks: number;
+  /** IOVA bytes its chunks spanned. */
+  bytes: number;
+  /** Time it spent inside them. */
+  busyMs: number;
 }
 
 /** A run [iova, paddr, size] stored at f[at..at+3), or null (NaN). */

@@ -30,7 +30,7 @@ import type { TableMemory } from '../pgtable/memory.js';
 import { WalkMode, type IoPgtable } from '../pgtable/pgtable.js';
 import { WorkerFailure, type ChunkPool } from '../pool/pool.js';
 import type { FaultSpec, MapChunk, MapPlan, MapTask, ScanResult, TableSpec } from '../pool/tasks.js';
-import { ChunkState, MAX_CHUNKS, MapCall } from './mapcall.js';
+import { ChunkState, MAX_CHUNKS, MapCall, type ThreadProfile } from './mapcall.js';
 import { MapError, type MapLoop } from './maploop.js';
 import { inSharedMemory, type SgView } from './sg.js';
 import { appendAll } from '../util/arrays.js';
@@ -99,6 +99,12 @@ export interface MapOutcome {
 export class ParallelEngine {
   /** Test-only: the next call's injected fault. */
   faultPlan: FaultPlan | null = null;
+  /**
+   * For benchmarks: with `profiling` on, each parallel map leaves in `lastProfile` how long each of
+   * its threads spent mapping how many bytes (MapCall.profile), measured inside the real call.
+   */
+  profiling = false;
+  lastProfile: ThreadProfile[] | null = null;
   /** Threads that work on one call: the helpers of the pool, and the caller if callerRuns. */
   private readonly participants: number;
   /** MapCall buffers that no helper uses any more. */
@@ -327,6 +333,7 @@ export class ParallelEngine {
       }
       await Promise.allSettled(tasks);
     }
+    if (this.profiling) this.lastProfile = call.profile();
     // Reused once no helper is in it (MapCall.create checks).
     this.spareCalls.push(call.sab);
     if (this.spareCalls.length > MAX_SPARE_CALLS) this.spareCalls.shift();

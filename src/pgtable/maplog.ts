@@ -34,7 +34,10 @@ export const enum J {
   ErrorIova = 12,
   ErrorPaddr = 13,
   ErrorSize = 14,
-  Header = 15,
+  /** When the chunk's thread started and finished mapping it (its performance.now(), ms): for the profile. */
+  Started = 15,
+  Finished = 16,
+  Header = 17,
 }
 
 export function journalSize(capInstalled: number, capReplaced: number): number {

@@ -141,3 +141,21 @@ test('woken or not, spinning or parked again: a helper takes every job it is sen
   }
   t.is(helper.served, served, 'every job was taken, by the same helper');
 });
+
+test('with profiling on, a parallel map reports each thread’s chunks, bytes and time, which add up to the call', async (t) => {
+  const iommu = await makeIommu(t, 2);
+  const par = iommu.parallel!;
+  const list = bigList('scattered', scatteredSegs(4 * N, K4, 0x9f));
+  const dom = iommu.allocDomain();
+  await dom.mapSg(0, list.table, RW);
+  t.is(par.lastProfile, null, 'off by default');
+  par.profiling = true;
+  await dom.unmapSg(0, list.table);
+  await dom.mapSg(0, list.table, RW);
+  const profile = par.lastProfile!;
+  t.truthy(profile);
+  t.is(profile.reduce((s, p) => s + p.bytes, 0), list.bytes, 'the threads’ chunks span the whole call');
+  t.true(profile.reduce((s, p) => s + p.chunks, 0) > 1, 'of several chunks');
+  t.is(new Set(profile.map((p) => p.threadId)).size, profile.length, 'one entry per thread');
+  for (const p of profile) t.true(p.chunks > 0 && p.busyMs > 0 && p.busyMs < 60_000, JSON.stringify(p));
+});
