@@ -156,9 +156,12 @@ export class ParallelEngine {
     return this.pool.ready;
   }
 
-  /** Resolves once every worker of the pool has started: from then on big calls can use it. */
-  whenReady(): Promise<void> {
-    return this.pool.whenReady();
+  /**
+   * Resolves true once every worker of the pool has started (from then on big calls can use it), or
+   * false after `timeoutMs` if they have not.
+   */
+  whenReady(timeoutMs = Infinity): Promise<boolean> {
+    return this.pool.whenReady(timeoutMs);
   }
 
   /**

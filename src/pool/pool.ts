@@ -77,12 +77,16 @@ export class ChunkPool {
     return Atomics.load(this.started, 0) >= this.threads;
   }
 
-  /** Resolves once `ready`. */
-  async whenReady(): Promise<void> {
+  /** Resolves true once `ready`, or false after `timeoutMs` if it is not (a worker cannot start). */
+  async whenReady(timeoutMs = Infinity): Promise<boolean> {
+    const deadline = performance.now() + timeoutMs;
     for (let n = Atomics.load(this.started, 0); n < this.threads; n = Atomics.load(this.started, 0)) {
-      const wait = Atomics.waitAsync(this.started, 0, n);
+      const left = deadline - performance.now();
+      if (left <= 0) return false;
+      const wait = Atomics.waitAsync(this.started, 0, n, left);
       if (wait.async) await wait.value;
     }
+    return true;
   }
 
   /**

@@ -371,10 +371,11 @@ test.serial('with callerRuns, a big map runs inline until every worker of the po
   const dom = iommu.allocDomain({ pgsizeBitmap: 0x1000 });
   const early = await tasksOf(iommu, () => dom.mapSg(iova, list.table, RW));
   t.false(par.ready, 'the workers were still starting when the call (~1 ms) returned');
+  t.false(await par.whenReady(0), 'whenReady with no time to wait says so');
   t.deepEqual(early, {}, 'so it ran inline, with no task or job for the pool');
   t.true(mappedRight(dom));
   await dom.unmapSg(iova, list.table);
-  await par.whenReady();
+  t.true(await par.whenReady());
   t.true(par.ready);
   const later = await tasksOf(iommu, () => dom.mapSg(iova, list.table, RW));
   t.is(later.map, 1, `once they have, the same call goes to the pool: ${JSON.stringify(later)}`);
