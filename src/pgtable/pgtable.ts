@@ -427,20 +427,16 @@ export class IoPgtable {
     // 2.0 -> 1.4 ns/page against the general test below). Four entries a turn, one branch for all
     // four (1.4 -> 0.86 ns/page, docs/performance.md); each leaf is still removed by one store.
     if (level === this.geo.lastLevel) {
-      let w = 2 * s;
-      if (clear) {
-        for (; s + 4 <= limit; s += 4, w += 8) {
-          if ((i32[w]! & i32[w + 2]! & i32[w + 4]! & i32[w + 6]! & PTE_VALID) === 0) break;
+      for (let w = 2 * s; s + 4 <= limit; s += 4, w += 8) {
+        if ((i32[w]! & i32[w + 2]! & i32[w + 4]! & i32[w + 6]! & PTE_VALID) === 0) break;
+        if (clear) {
           f64[s] = 0;
           f64[s + 1] = 0;
           f64[s + 2] = 0;
           f64[s + 3] = 0;
         }
-        while (s < limit && (i32[2 * s]! & PTE_VALID) !== 0) f64[s++] = 0;
-      } else {
-        for (; s + 4 <= limit; s += 4, w += 8) if ((i32[w]! & i32[w + 2]! & i32[w + 4]! & i32[w + 6]! & PTE_VALID) === 0) break;
-        while (s < limit && (i32[2 * s]! & PTE_VALID) !== 0) s++;
       }
+      for (; s < limit && (i32[2 * s]! & PTE_VALID) !== 0; s++) if (clear) f64[s] = 0;
       return s;
     }
     while (s < limit) {
